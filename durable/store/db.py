@@ -1,0 +1,41 @@
+"""Connections and the one error wrapper every driver call goes through."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import psycopg
+from psycopg import errors as pg_errors
+
+from durable.errors import DurableError, class_for_sqlstate
+
+Connection = psycopg.Connection
+
+
+def resolve_dsn(dsn: str | None) -> str:
+    """--dsn, else DURABLE_DSN, else "" (libpq reads the PG* variables)."""
+    if dsn:
+        return dsn
+    return os.environ.get("DURABLE_DSN", "")
+
+
+def connect(dsn: str | None = None, *, autocommit: bool = False, **kwargs: object) -> psycopg.Connection:
+    with wrap_errors():
+        return psycopg.connect(resolve_dsn(dsn), autocommit=autocommit, **kwargs)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def wrap_errors() -> Iterator[None]:
+    """Turn a psycopg error carrying one of durable's SQLSTATEs into its class, keeping the cause."""
+    try:
+        yield
+    except pg_errors.Error as exc:
+        cls = class_for_sqlstate(getattr(exc, "sqlstate", None))
+        if cls is None:
+            raise
+        message = exc.diag.message_primary or str(exc)
+        raise cls(message, sqlstate=exc.sqlstate) from exc
+    except psycopg.OperationalError as exc:  # pragma: no cover - connection level, no sqlstate
+        raise DurableError(str(exc).strip()) from exc

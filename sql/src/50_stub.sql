@@ -1,0 +1,12 @@
+SET LOCAL ROLE durable_owner;
+CREATE FUNCTION df.seq(a text, b text) RETURNS text LANGUAGE sql AS $$ SELECT a $$;
+CREATE FUNCTION df.as_op(a text, b text) RETURNS text LANGUAGE sql AS $$ SELECT a $$;
+CREATE FUNCTION df.join(a text, b text) RETURNS text LANGUAGE sql AS $$ SELECT a $$;
+CREATE FUNCTION df.race(a text, b text) RETURNS text LANGUAGE sql AS $$ SELECT a $$;
+CREATE FUNCTION df.if_then_op(a text, b text) RETURNS text LANGUAGE sql AS $$ SELECT a $$;
+CREATE FUNCTION df.if_else_op(a text, b text) RETURNS text LANGUAGE sql AS $$ SELECT a $$;
+CREATE FUNCTION df.loop_prefix_op(a text) RETURNS text LANGUAGE sql AS $$ SELECT a $$;
+CREATE FUNCTION df.http(url text, method text DEFAULT 'POST', body text DEFAULT NULL, headers jsonb DEFAULT NULL, timeout_seconds integer DEFAULT 30) RETURNS text LANGUAGE sql AS $$ SELECT url $$;
+CREATE FUNCTION df.http_multipart(url text, method text DEFAULT 'POST', parts jsonb DEFAULT NULL, headers jsonb DEFAULT NULL, timeout_seconds integer DEFAULT 30) RETURNS text LANGUAGE sql AS $$ SELECT url $$;
+CREATE FUNCTION df.metrics() RETURNS text LANGUAGE sql AS $$ SELECT 'x' $$;
+RESET ROLE;
