@@ -153,7 +153,8 @@ CREATE TABLE df.instance_queue (
     lease_token       uuid,                    -- the holder's fencing token
     lease_worker      uuid,
     lease_expires_at  timestamptz,
-    claims            integer     NOT NULL DEFAULT 0
+    claims            integer     NOT NULL DEFAULT 0,
+    nudges            bigint      NOT NULL DEFAULT 0   -- bumped by cancel/signal/run: a wakeup the holder must not lose
 );
 CREATE INDEX idx_instance_queue_wake ON df.instance_queue (wake_at) WHERE wake_at IS NOT NULL;
 
