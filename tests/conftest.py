@@ -109,3 +109,64 @@ def connect_as(dsn: str) -> Iterator[Callable[..., psycopg.Connection]]:
     yield connect
     for conn in opened:
         conn.close()
+
+
+WORKER_ROLE = "durable_test_worker"
+
+
+@pytest.fixture
+def worker_dsn(db: psycopg.Connection, dsn: str) -> str:
+    """A DSN for the worker: an ordinary login role that is a member of durable_worker."""
+    exists = db.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (WORKER_ROLE,)).fetchone()
+    if not exists:
+        db.execute(f"CREATE ROLE {WORKER_ROLE} LOGIN")
+        db.execute(f"GRANT durable_worker TO {WORKER_ROLE}")
+    return dsn_as(dsn, WORKER_ROLE)
+
+
+@pytest.fixture
+def fast_settings(db: psycopg.Connection) -> Callable[..., None]:
+    """Lower owner-only settings so the suite never sleeps for real."""
+
+    def apply(**values: object) -> None:
+        for key, value in values.items():
+            db.execute("UPDATE df.settings SET value = %s WHERE key = %s",
+                       (None if value is None else str(value), key))
+
+    apply(lease_seconds=3, loop_min_iteration_seconds=0.02)
+    return apply
+
+
+@pytest.fixture
+def start_worker(worker_dsn: str, fast_settings: Any, tmp_path: Any) -> Iterator[Callable[..., Any]]:
+    """Start real `durable worker` processes; all stopped (and their logs shown on failure) after."""
+    import subprocess
+    import sys
+
+    procs: list[tuple[subprocess.Popen[bytes], Any]] = []
+
+    def start(concurrency: int = 4) -> subprocess.Popen[bytes]:
+        log_path = tmp_path / f"worker-{len(procs)}.log"
+        log = open(log_path, "wb")  # noqa: SIM115 - closed at teardown
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "durable.cli", "worker", "--dsn", worker_dsn, "--concurrency", str(concurrency)],
+            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, DURABLE_LOG_LEVEL="INFO"))
+        proc.log_path = log_path  # type: ignore[attr-defined]
+        procs.append((proc, log))
+        return proc
+
+    yield start
+    for proc, _ in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc, log in procs:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def await_instance(conn: psycopg.Connection, instance_id: str, timeout: int = 30) -> str:
+    return conn.execute("SELECT df.await_instance(%s, %s)", (instance_id, timeout)).fetchone()[0]

@@ -172,6 +172,11 @@ BEGIN
            wake_at = CASE WHEN q.nudges <> p_nudges THEN pg_catalog.clock_timestamp() ELSE p_wake_at END
      WHERE q.instance_id = p_instance_id AND q.lease_token = p_token;
     DELETE FROM df.attempts AS a WHERE a.instance_id = p_instance_id AND a.lease_token = p_token;
+    -- A cancelled instance needs no worker any more.
+    DELETE FROM df.instance_queue AS q
+     USING df.instances AS i
+     WHERE q.instance_id = p_instance_id AND i.id = q.instance_id
+       AND i.status IN ('completed', 'failed', 'cancelled');
 END
 $$;
 
@@ -189,8 +194,15 @@ RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    v_refusal text;
 BEGIN
     PERFORM df._hold_lease(p_instance_id, p_token);
+    -- Checked again at every attempt: the role may have changed since df.start.
+    SELECT df._submitter_refusal(i.submitted_by) INTO v_refusal FROM df.instances AS i WHERE i.id = p_instance_id;
+    IF v_refusal IS NOT NULL THEN
+        RAISE EXCEPTION '%', v_refusal USING ERRCODE = 'DF005';
+    END IF;
     INSERT INTO df.attempts AS a (instance_id, node_id, lease_token, secret_hash, backend_pid)
     VALUES (p_instance_id, p_node_id, p_token, p_secret_hash, p_backend_pid)
     ON CONFLICT (instance_id, node_id) DO UPDATE
@@ -257,13 +269,30 @@ $$;
 
 -- df._in_workflow() (35_vars.sql) reads df.attempts.backend_pid, recorded by _begin_attempt_v1.
 
-REVOKE EXECUTE ON FUNCTION df._worker_settings_v1(), df._worker_register_v1(uuid, text, integer),
+-- Fire a test fault point at most once: disarm it and say whether it was armed.
+CREATE FUNCTION df._fire_fault_v1(p_name text) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_points jsonb;
+BEGIN
+    SELECT s.value::jsonb INTO v_points FROM df.settings AS s WHERE s.key = 'fault_points' FOR UPDATE;
+    IF v_points IS NULL OR NOT v_points ? p_name THEN
+        RETURN false;
+    END IF;
+    UPDATE df.settings AS s SET value = (v_points - p_name)::text WHERE s.key = 'fault_points';
+    RETURN true;
+END
+$$;
+
+REVOKE EXECUTE ON FUNCTION df._fire_fault_v1(text), df._worker_settings_v1(), df._worker_register_v1(uuid, text, integer),
     df._worker_heartbeat_v1(uuid, boolean), df._worker_unregister_v1(uuid), df._claim_v1(uuid, integer),
     df._hold_lease(text, uuid), df._apply_v1(text, uuid, jsonb, jsonb, text, text, bigint),
     df._release_v1(text, uuid, timestamptz, bigint), df._nudges_v1(text),
     df._begin_attempt_v1(text, text, uuid, bytea, integer), df._end_attempt_v1(text, text, uuid)
     FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION df._worker_settings_v1(), df._worker_register_v1(uuid, text, integer),
+GRANT EXECUTE ON FUNCTION df._fire_fault_v1(text), df._worker_settings_v1(), df._worker_register_v1(uuid, text, integer),
     df._worker_heartbeat_v1(uuid, boolean), df._worker_unregister_v1(uuid), df._claim_v1(uuid, integer),
     df._apply_v1(text, uuid, jsonb, jsonb, text, text, bigint),
     df._release_v1(text, uuid, timestamptz, bigint), df._nudges_v1(text),

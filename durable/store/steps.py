@@ -1,0 +1,256 @@
+"""Running a SQL step as its submitter, exactly once.
+
+The step runs on a connection authenticated as the submitting role itself
+(never `SET ROLE` from a privileged session: a step can `RESET ROLE`).  Its
+statement and its checkpoint commit in one transaction; the checkpoint goes
+through a SECURITY DEFINER function that checks a per-attempt secret the
+submitter cannot read.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import re
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.types.json import Jsonb
+from psycopg.types.string import StrDumper
+from psycopg_pool import ConnectionPool
+
+from durable.store import results
+from durable.store.queries import query
+from durable.store.worker_db import Claim, WorkerDB
+
+# The worker's own secrets and client certificate never reach a submitter's connection.
+_DROPPED_PARAMS = ("user", "password", "sslcert", "sslkey", "sslpassword")
+
+# Statements that would end or split the step's transaction ahead of its checkpoint.
+_TX_CONTROL = re.compile(
+    r"^(BEGIN|START\s+TRANSACTION|COMMIT|END|ROLLBACK|ABORT|SAVEPOINT|RELEASE|PREPARE\s+TRANSACTION)\b",
+    re.I,
+)
+_LEADING_NOISE = re.compile(r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/|\()*", re.S)
+
+# Infrastructure trouble: retried later, never stored as the step's failure.
+_RETRIABLE_PREFIXES = ("08",)
+_RETRIABLE = {"53300", "57P01", "57P02", "57P03"}
+
+
+class Outcome(enum.Enum):
+    COMPLETED = "completed"
+    FAILED = "failed"          # the step's own error: fails the node
+    CANCELLED = "cancelled"    # cancelled by the worker (instance cancel, race loser)
+    LEASE_LOST = "lease_lost"  # fenced: another worker owns the instance now
+    RETRY = "retry"            # infrastructure trouble: try again later
+    REFUSED = "refused"        # the submitter may not run steps (anymore): fails the instance
+
+
+@dataclass
+class StepResult:
+    outcome: Outcome
+    result_text: str | None = None
+    message: str | None = None
+    version: int | None = None
+
+
+def transaction_control(sql_text: str) -> bool:
+    """Whether a step's text is a transaction-control statement (refused before it runs)."""
+    return bool(_TX_CONTROL.match(_LEADING_NOISE.sub("", sql_text, count=1)))
+
+
+class _TextDumper(StrDumper):
+    """Send str parameters typed as text (by OID), never as unknown: no cast a submitter's
+    domain or search_path could take over."""
+
+
+class StepRunner:
+    """Per-submitter connection pools and the step protocol."""
+
+    def __init__(self, dsn: str, db: WorkerDB, *, max_per_role: int = 10,
+                 fault: Callable[[str], None] = lambda name: None) -> None:
+        self.base = conninfo_to_dict(dsn)
+        self.db = db
+        self.max_per_role = max_per_role
+        self.fault = fault
+        self._pools: dict[tuple[str, str | None], ConnectionPool] = {}
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            pool.close()
+
+    def conninfo_for(self, role: str, database: str | None) -> str:
+        params = {k: v for k, v in self.base.items() if k not in _DROPPED_PARAMS}
+        params["user"] = role
+        if database:
+            params["dbname"] = database
+        params["application_name"] = "durable:step"
+        params["options"] = "-c client_connection_check_interval=2000"
+        return make_conninfo(**params)
+
+    def _pool(self, role: str, database: str | None) -> ConnectionPool:
+        key = (role, database)
+        with self._lock:
+            pool = self._pools.get(key)
+            if pool is None:
+                pool = ConnectionPool(self.conninfo_for(role, database), min_size=0, max_size=self.max_per_role,
+                                      configure=_configure, reset=_reset, open=True, timeout=30,
+                                      name=f"durable-step-{role}")
+                self._pools[key] = pool
+            return pool
+
+    def run(self, claim: Claim, role: str, database: str | None, node_id: str, sql_text: str,
+            status_details: dict[str, Any] | None, timeout_ms: int,
+            register: Callable[[psycopg.Connection[Any] | None], bool]) -> StepResult:
+        """Run one step.  `register(conn)` lets the caller cancel it; it returns False when the
+        step must not start (already cancelled)."""
+        if transaction_control(sql_text):
+            return StepResult(Outcome.FAILED, message=(
+                "transaction control statements (BEGIN, COMMIT, ROLLBACK, SAVEPOINT, ...) cannot be workflow "
+                "steps: each step already runs in its own transaction"))
+        try:
+            pool = self._pool(role, database)
+            conn_cm = pool.connection()
+            conn = conn_cm.__enter__()
+        except (psycopg.OperationalError, Exception) as exc:  # noqa: BLE001 - any connect failure
+            return StepResult(Outcome.RETRY, message=f"cannot connect as {role}: {str(exc).strip()}")
+        error: BaseException | None = None
+        try:
+            return self._run_on(conn, claim, node_id, sql_text, status_details, timeout_ms, register)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            register(None)
+            if error is not None or conn.closed:
+                conn_cm.__exit__(type(error), error, None)
+            else:
+                conn_cm.__exit__(None, None, None)
+
+    def _run_on(self, conn: psycopg.Connection[Any], claim: Claim, node_id: str, sql_text: str,
+                status_details: dict[str, Any] | None, timeout_ms: int,
+                register: Callable[[psycopg.Connection[Any] | None], bool]) -> StepResult:
+        secret = secrets.token_hex(32)
+        try:
+            self.db.begin_attempt(claim, node_id, hashlib.sha256(secret.encode()).digest(), conn.info.backend_pid)
+        except Exception as exc:  # noqa: BLE001
+            return _from_worker_error(exc)
+        if not register(conn):
+            self.db.end_attempt(claim, node_id)
+            return StepResult(Outcome.CANCELLED)
+        checkpoint = {"instance_id": claim.instance_id, "node_id": node_id, "secret": secret,
+                      "status_details": Jsonb(status_details)}
+        try:
+            result_text = self._in_one_transaction(conn, sql_text, timeout_ms, checkpoint)
+        except _NotInTransactionBlock:
+            try:
+                result_text = self._on_its_own(conn, sql_text, timeout_ms, checkpoint)
+            except BaseException as exc:
+                return self._failed(exc, conn, claim, node_id)
+        except BaseException as exc:
+            return self._failed(exc, conn, claim, node_id)
+        self.fault("after_commit")
+        return StepResult(Outcome.COMPLETED, result_text=result_text, version=checkpoint.get("version"))
+
+    def _in_one_transaction(self, conn: psycopg.Connection[Any], sql_text: str, timeout_ms: int,
+                            checkpoint: dict[str, Any]) -> str:
+        with conn.transaction():
+            xid = conn.execute(query("step_prepare"), {"timeout": f"{timeout_ms}ms"}).fetchone()[1]
+            try:
+                cur = conn.cursor()
+                cur.execute(sql_text.encode(), binary=True)  # extended protocol: one statement only
+                result_text = results.rows_json(cur)
+            except (pg_errors.ActiveSqlTransaction, pg_errors.InvalidTransactionTermination) as exc:
+                raise _NotInTransactionBlock() from exc
+            self.fault("after_statement")
+            guard_xid = conn.execute(query("step_guard")).fetchone()[3]
+            if guard_xid != xid:
+                raise _StepEscaped("the step ended its transaction")
+            checkpoint["result_text"] = result_text
+            checkpoint["version"] = conn.execute(query("checkpoint"), checkpoint).fetchone()[0]
+        return result_text
+
+    def _on_its_own(self, conn: psycopg.Connection[Any], sql_text: str, timeout_ms: int,
+                    checkpoint: dict[str, Any]) -> str:
+        """Statements that cannot run in a transaction block: at-least-once, checkpoint after."""
+        conn.rollback()
+        conn.autocommit = True
+        try:
+            conn.execute(query("step_prepare").replace("true)", "false)", 1), {"timeout": f"{timeout_ms}ms"})
+            cur = conn.cursor()
+            cur.execute(sql_text.encode(), binary=True)
+            result_text = results.rows_json(cur)
+        finally:
+            conn.autocommit = False
+        with conn.transaction():
+            conn.execute(query("step_guard"))
+            checkpoint["result_text"] = result_text
+            checkpoint["version"] = conn.execute(query("checkpoint"), checkpoint).fetchone()[0]
+        return result_text
+
+    def _failed(self, exc: BaseException, conn: psycopg.Connection[Any], claim: Claim, node_id: str) -> StepResult:
+        try:
+            self.db.end_attempt(claim, node_id)
+        except Exception:  # noqa: BLE001 - the lease may be gone; the attempt dies with it
+            pass
+        if isinstance(exc, results.UnsupportedColumn):
+            return StepResult(Outcome.FAILED, message=str(exc))
+        if isinstance(exc, _StepEscaped):
+            return StepResult(Outcome.FAILED, message=str(exc))
+        if isinstance(exc, pg_errors.Error):
+            state = exc.sqlstate or ""
+            if state == "DF014":
+                return StepResult(Outcome.LEASE_LOST, message="lease lost")
+            if state == "57014":
+                return StepResult(Outcome.CANCELLED, message=exc.diag.message_primary)
+            if state == "42601" and "multiple commands" in (exc.diag.message_primary or ""):
+                return StepResult(Outcome.FAILED, message=(
+                    "a SQL step must be exactly one statement: cannot insert multiple commands into a "
+                    "prepared statement"))
+            if state.startswith(_RETRIABLE_PREFIXES) or state in _RETRIABLE:
+                return StepResult(Outcome.RETRY, message=exc.diag.message_primary)
+            return StepResult(Outcome.FAILED, message=exc.diag.message_primary or str(exc))
+        if isinstance(exc, psycopg.OperationalError):
+            return StepResult(Outcome.RETRY, message=str(exc).strip())
+        raise exc
+
+
+class _NotInTransactionBlock(Exception):
+    pass
+
+
+class _StepEscaped(Exception):
+    pass
+
+
+def _from_worker_error(exc: BaseException) -> StepResult:
+    state = getattr(exc, "sqlstate", None) or getattr(exc, "sqlstate_seen", None)
+    if state == "DF014":
+        return StepResult(Outcome.LEASE_LOST, message="lease lost")
+    if state == "DF005":
+        return StepResult(Outcome.REFUSED, message=str(exc))
+    return StepResult(Outcome.RETRY, message=str(exc))
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    conn.adapters.register_dumper(str, _TextDumper)
+    results.configure(conn)
+
+
+def _reset(conn: psycopg.Connection[Any]) -> None:
+    """Nothing a step leaves in its session reaches the next one."""
+    conn.autocommit = True
+    try:
+        conn.execute("DISCARD ALL")
+    finally:
+        conn.autocommit = False

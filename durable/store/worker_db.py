@@ -1,0 +1,118 @@
+"""The worker's own database calls (its login role, through df._*_v1 functions)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from durable.store.db import resolve_dsn, wrap_errors
+from durable.store.queries import query
+
+
+@dataclass(frozen=True)
+class Claim:
+    instance_id: str
+    token: uuid.UUID
+    nudges: int
+
+
+@dataclass(frozen=True)
+class Loaded:
+    instance: dict[str, Any]
+    nodes: list[dict[str, Any]]
+    signals: list[dict[str, Any]]
+    vars: dict[str, str]
+
+
+class WorkerDB:
+    """A small pool of the worker's own connections (autocommit: every call is one function)."""
+
+    def __init__(self, dsn: str | None, *, max_size: int = 4) -> None:
+        self.dsn = resolve_dsn(dsn)
+        self.pool = ConnectionPool(self.dsn, min_size=1, max_size=max_size, open=False,
+                                   kwargs={"autocommit": True, "application_name": "durable:worker"},
+                                   name="durable-worker")
+
+    def open(self) -> None:
+        self.pool.open(wait=True, timeout=30)
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def _one(self, name: str, params: dict[str, Any]) -> Any:
+        with wrap_errors(), self.pool.connection() as conn:
+            row = conn.execute(query(name), params).fetchone()
+            return row[0] if row else None
+
+    def register(self, worker_id: uuid.UUID, hostname: str, pid: int) -> None:
+        self._one("register_worker", {"worker_id": worker_id, "hostname": hostname, "pid": pid})
+
+    def heartbeat(self, worker_id: uuid.UUID, idle: bool) -> int:
+        return int(self._one("heartbeat", {"worker_id": worker_id, "idle": idle}) or 0)
+
+    def unregister(self, worker_id: uuid.UUID) -> None:
+        self._one("unregister_worker", {"worker_id": worker_id})
+
+    def settings(self) -> dict[str, str | None]:
+        return dict(self._one("worker_settings", {}) or {})
+
+    def claim(self, worker_id: uuid.UUID, limit: int) -> list[Claim]:
+        with wrap_errors(), self.pool.connection() as conn:
+            rows = conn.execute(query("claim"), {"worker_id": worker_id, "limit": limit}).fetchall()
+        return [Claim(r[0], r[1], r[2]) for r in rows]
+
+    def load(self, instance_id: str) -> Loaded | None:
+        params = {"instance_id": instance_id}
+        with wrap_errors(), self.pool.connection() as conn:
+            with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+                instance = cur.execute(query("load_instance"), params).fetchone()
+                if instance is None:
+                    return None
+                nodes = cur.execute(query("load_nodes"), params).fetchall()
+                signals = cur.execute(query("load_signals"), params).fetchall()
+                variables = {r["name"]: r["value"] for r in cur.execute(query("load_vars"), params).fetchall()}
+        return Loaded(instance, nodes, signals, variables)
+
+    def apply(self, claim: Claim, updates: list[dict[str, Any]], consume: list[dict[str, Any]],
+              status: str | None, output: str | None, execution_count: int | None) -> dict[str, Any]:
+        result = self._one("apply", {
+            "instance_id": claim.instance_id, "token": claim.token, "updates": Jsonb(updates),
+            "consume": Jsonb(consume), "status": status, "output": output, "execution_count": execution_count,
+        })
+        return dict(result)
+
+    def release(self, claim: Claim, wake_at: datetime | None) -> None:
+        self._one("release", {"instance_id": claim.instance_id, "token": claim.token, "wake_at": wake_at,
+                              "nudges": claim.nudges})
+
+    def nudges(self, instance_id: str) -> int | None:
+        value = self._one("nudges", {"instance_id": instance_id})
+        return None if value is None else int(value)
+
+    def begin_attempt(self, claim: Claim, node_id: str, secret_hash: bytes, backend_pid: int) -> None:
+        self._one("begin_attempt", {"instance_id": claim.instance_id, "node_id": node_id, "token": claim.token,
+                                    "secret_hash": secret_hash, "backend_pid": backend_pid})
+
+    def end_attempt(self, claim: Claim, node_id: str) -> None:
+        self._one("end_attempt", {"instance_id": claim.instance_id, "node_id": node_id, "token": claim.token})
+
+    def fire_fault(self, name: str) -> bool:
+        return bool(self._one("fire_fault", {"name": name}))
+
+    def listen_connection(self) -> psycopg.Connection[Any]:
+        with wrap_errors():
+            conn = psycopg.connect(self.dsn, autocommit=True, application_name="durable:listener")
+            conn.execute(query("listen"))
+        return conn
+
+
+def to_json_text(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))

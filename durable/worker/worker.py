@@ -1,0 +1,205 @@
+"""The worker process: claim loop, heartbeat, listener, graceful shutdown.
+
+NOTIFY is a hint, polling the guarantee.  Side tasks (heartbeat, listener)
+are supervised: if one dies the worker stops loudly instead of running
+half-alive.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from durable.errors import DurableError
+from durable.store.db import resolve_dsn
+from durable.store.steps import StepRunner
+from durable.store.worker_db import Claim, WorkerDB
+
+log = logging.getLogger("durable.worker")
+
+
+class Worker:
+    def __init__(self, dsn: str | None, *, concurrency: int = 4, poll_interval: float = 1.0) -> None:
+        self.dsn = resolve_dsn(dsn)
+        self.concurrency = max(1, concurrency)
+        self.poll_interval = poll_interval
+        self.worker_id = uuid.uuid4()
+        self.db = WorkerDB(self.dsn, max_size=self.concurrency + 2)
+        self.steps: StepRunner | None = None
+        self.stopping = threading.Event()
+        self.wakeup = threading.Event()         # new work may be due
+        self.nudged = threading.Condition()     # a held instance was cancelled or signalled
+        self.nudge_seq = 0
+        self.settings: dict[str, Any] = {}
+        self._runners: dict[str, Future[None]] = {}
+        self._runner_pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="durable-instance")
+        self.step_pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="durable-step")
+        self._side_error: BaseException | None = None
+
+    # -- settings and fault points -------------------------------------------------------------
+    def setting(self, key: str, default: float) -> float:
+        value = self.settings.get(key)
+        try:
+            return float(value) if value is not None else default
+        except ValueError:
+            return default
+
+    def fault(self, name: str) -> None:
+        """A test fault point: when armed (owner-only df.settings), die like kill -9, once."""
+        armed = self.settings.get("fault_points")
+        if armed and name in armed and self.db.fire_fault(name):
+            log.warning("fault point %s: killing the worker", name)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def refresh_settings(self) -> None:
+        self.settings = self.db.settings()
+
+    # -- side tasks ----------------------------------------------------------------------------
+    def _supervised(self, name: str, target: Any) -> threading.Thread:
+        def run() -> None:
+            try:
+                target()
+            except BaseException as exc:  # noqa: BLE001
+                if not self.stopping.is_set():
+                    log.error("side task %s died: %s", name, exc)
+                    self._side_error = exc
+                    self.stopping.set()
+                    self.wakeup.set()
+
+        thread = threading.Thread(target=run, name=f"durable-{name}", daemon=True)
+        thread.start()
+        return thread
+
+    def _heartbeat_loop(self) -> None:
+        failures = 0
+        while not self.stopping.is_set():
+            interval = max(0.2, self.setting("lease_seconds", 30.0) / 3)
+            try:
+                self.db.heartbeat(self.worker_id, idle=not self._runners)
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - the database may be restarting
+                failures += 1
+                log.warning("heartbeat failed (%s): %s", failures, exc)
+            self.stopping.wait(interval)
+
+    def _listen_loop(self) -> None:
+        backoff = 0.5
+        while not self.stopping.is_set():
+            try:
+                conn = self.db.listen_connection()
+            except Exception as exc:  # noqa: BLE001
+                log.warning("listener cannot connect: %s", exc)
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.5
+            try:
+                while not self.stopping.is_set():
+                    for note in conn.notifies(timeout=1.0, stop_after=1):
+                        if note.channel == "durable_nudge":
+                            self.nudge()
+                        else:
+                            self.wakeup.set()
+                    conn.execute("SELECT 1")  # ping: a dead connection raises here
+            except Exception as exc:  # noqa: BLE001
+                if not self.stopping.is_set():
+                    log.warning("listener lost its connection: %s", exc)
+                    self.wakeup.set()
+            finally:
+                try:
+                    conn.close()
+                except Exception:  # noqa: BLE001
+                    pass
+
+    def nudge(self) -> None:
+        with self.nudged:
+            self.nudge_seq += 1
+            self.nudged.notify_all()
+        self.wakeup.set()
+
+    # -- main loop -----------------------------------------------------------------------------
+    def run(self) -> int:
+        from durable.worker.runner import InstanceRunner
+
+        self.db.open()
+        self.refresh_settings()
+        self.steps = StepRunner(self.dsn, self.db, max_per_role=int(self.setting("max_user_connections", 10)),
+                                fault=self.fault)
+        self.db.register(self.worker_id, socket.gethostname(), os.getpid())
+        self._supervised("heartbeat", self._heartbeat_loop)
+        self._supervised("listener", self._listen_loop)
+        log.info("worker %s started (concurrency %s)", self.worker_id, self.concurrency)
+        backoff = 0.5
+        try:
+            while not self.stopping.is_set():
+                self._reap()
+                free = self.concurrency - len(self._runners)
+                claims: list[Claim] = []
+                if free > 0:
+                    try:
+                        self.refresh_settings()
+                        claims = self.db.claim(self.worker_id, free)
+                        backoff = 0.5
+                    except Exception as exc:  # noqa: BLE001 - reconnect with backoff
+                        log.warning("claim failed: %s", exc)
+                        self.stopping.wait(backoff)
+                        backoff = min(backoff * 2, 5.0)
+                        continue
+                for claim in claims:
+                    self.fault("after_claim")
+                    runner = InstanceRunner(self, claim)
+                    self._runners[claim.instance_id] = self._runner_pool.submit(runner.run)
+                if claims and len(claims) == free:
+                    continue
+                self.wakeup.wait(self.poll_interval)
+                self.wakeup.clear()
+        finally:
+            self.shutdown()
+        if self._side_error is not None:
+            raise DurableError(f"worker stopped: a side task died: {self._side_error}")
+        return 0
+
+    def _reap(self) -> None:
+        for iid, fut in list(self._runners.items()):
+            if fut.done():
+                del self._runners[iid]
+                exc = fut.exception()
+                if exc is not None:
+                    log.error("instance %s runner failed: %s", iid, exc, exc_info=exc)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wakeup.set()
+        self.nudge()
+
+    def shutdown(self) -> None:
+        self.stopping.set()
+        self._runner_pool.shutdown(wait=True)
+        self.step_pool.shutdown(wait=True)
+        try:
+            self.db.unregister(self.worker_id)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not unregister: %s", exc)
+        if self.steps is not None:
+            self.steps.close()
+        self.db.close()
+
+
+def run_worker(dsn: str | None, *, concurrency: int = 4) -> int:
+    logging.basicConfig(level=os.environ.get("DURABLE_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    worker = Worker(dsn, concurrency=concurrency)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        log.info("signal %s: stopping (finishing what is in hand)", signum)
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return worker.run()
