@@ -120,6 +120,12 @@ class StepError(DurableError):
     sqlstate = "DF015"
 
 
+class InternalRollbackMarker(DurableError):
+    """Internal: df.explain's rollback marker (caught inside the function, never reaches a caller)."""
+
+    sqlstate = "DF099"
+
+
 _BY_SQLSTATE: dict[str, type[DurableError]] = {}
 
 

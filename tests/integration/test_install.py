@@ -102,7 +102,11 @@ def test_cli_install_from_a_wheel_outside_the_checkout(empty_db, tmp_path):
                    check=True, capture_output=True)
     wheel = next(wheel_dir.glob("durable_pg-*.whl"))
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    # Dependencies come from the test environment (no network needed); durable itself from the wheel.
+    deps = next(Path(p) for p in sys.path if p.endswith("site-packages") and Path(p, "psycopg").is_dir())
+    site = next(venv.glob("lib/python*/site-packages"))
+    (site / "test_deps.pth").write_text(str(deps) + "\n")
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-deps", str(wheel)], check=True,
                    capture_output=True)
     elsewhere = tmp_path / "elsewhere"

@@ -13,12 +13,12 @@ from durable.errors import all_sqlstates
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# df._* functions a user may call: each is safe without further privilege because it learns the
-# caller from a ticket the caller inserted, checks a per-attempt secret, or only reads public facts.
-PUBLIC_INTERNAL = {
-    "_caller", "_ticket", "_start_v1", "_cancel_v1", "_signal_v1", "_run_v1", "_checkpoint_v1", "_now",
-    "_in_workflow", "_ensure_strict_v1", "_flatten_v1", "_node_id", "_list_max_limit", "_check_list_limit",
-    "_encode_cursor", "_decode_cursor", "_bump_version", "_guard_terminal", "_stamp_ticket", "_stamp_var_owner",
+# SECURITY DEFINER df._* functions a user may call: each is safe without further privilege because
+# it learns the caller from a ticket the caller inserted, checks a per-attempt secret, or only reads
+# facts the caller may know.  (SECURITY INVOKER helpers run with the caller's own rights.)
+PUBLIC_DEFINER = {
+    "_caller", "_start_v1", "_cancel_v1", "_signal_v1", "_run_v1", "_checkpoint_v1", "_now", "_in_workflow",
+    "_list_max_limit",
 }
 
 
@@ -44,13 +44,13 @@ def test_no_privilege_for_public_on_schema_or_tables(db):
     assert rows == []
 
 
-def test_internal_functions_are_not_public(db):
+def test_internal_definer_functions_are_not_public(db):
     rows = db.execute("""
         SELECT p.proname FROM pg_proc p
-         WHERE p.pronamespace = 'df'::regnamespace AND p.proname LIKE '\\_%'
+         WHERE p.pronamespace = 'df'::regnamespace AND p.proname LIKE '\\_%' AND p.prosecdef
            AND has_function_privilege('public', p.oid, 'EXECUTE')
     """).fetchall()
-    exposed = {r[0] for r in rows} - PUBLIC_INTERNAL
+    exposed = {r[0] for r in rows} - PUBLIC_DEFINER
     assert exposed == set()
 
 
