@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from durable import __version__
 from durable.errors import DurableError, SchemaVersionError
 from durable.store import connect, wrap_errors
 
