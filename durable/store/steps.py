@@ -243,6 +243,7 @@ def _from_worker_error(exc: BaseException) -> StepResult:
 
 
 def _configure(conn: psycopg.Connection[Any]) -> None:
+    conn.prepare_threshold = None  # DISCARD ALL between steps drops server-side prepared statements
     conn.adapters.register_dumper(str, _TextDumper)
     results.configure(conn)
 
