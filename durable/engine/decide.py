@@ -119,15 +119,16 @@ def _same(a: NodeState, b: NodeState) -> bool:
     )
 
 
+@dataclass(frozen=True)
 class _Snapshot:
-    def __init__(self, run: _Run) -> None:
-        self.st = dict(run.st)
-        self.order = list(run.order)
-        self.n_run = len(run.run_sql)
-        self.n_consume = len(run.consume)
-        self.n_cancel = len(run.cancel)
-        self.taken = set(run.taken)
-        self.sql_text = dict(run.sql_text)
+    """A point to roll a decision back to (JOIN/RACE undo what a finished sibling made moot)."""
+
+    journal: int
+    sql_journal: int
+    n_run: int
+    n_consume: int
+    n_cancel: int
+    taken: frozenset[int]
 
 
 class _Run:
@@ -138,10 +139,15 @@ class _Run:
         self.now: datetime = view.now
         self.nodes = view.nodes
         self.st: dict[str, NodeState] = {}
-        self.order: list[str] = []
+        self.order: list[str] = []  # nodes changed, in first-change order
+        self.order_set: set[str] = set()
+        # undo logs: (node id, previous working entry, first change of that node)
+        self.journal: list[tuple[str, NodeState | None, bool]] = []
+        self.sql_journal: list[tuple[str, str | None]] = []
         self.run_sql: list[RunSql] = []
         self.consume: list[tuple[int, str]] = []
         self.cancel: list[str] = []
+        self.cancel_set: set[str] = set()
         self.taken: set[int] = set()  # signal ids consumed (or reserved) in this decision
         self.sql_text: dict[str, str] = {}
         self.deliveries: dict[str, Signal] = {}
@@ -154,21 +160,49 @@ class _Run:
         return s if s is not None else self.view.state_of(nid)
 
     def put(self, nid: str, **fields: Any) -> None:
+        first = nid not in self.order_set
+        self.journal.append((nid, self.st.get(nid), first))
         self.st[nid] = replace(self.get(nid), **fields)
-        if nid not in self.order:
+        if first:
             self.order.append(nid)
+            self.order_set.add(nid)
+
+    def remember_sql(self, nid: str, text: str) -> None:
+        self.sql_journal.append((nid, self.sql_text.get(nid)))
+        self.sql_text[nid] = text
 
     def snapshot(self) -> _Snapshot:
-        return _Snapshot(self)
+        return _Snapshot(
+            journal=len(self.journal),
+            sql_journal=len(self.sql_journal),
+            n_run=len(self.run_sql),
+            n_consume=len(self.consume),
+            n_cancel=len(self.cancel),
+            taken=frozenset(self.taken),
+        )
 
     def restore(self, snap: _Snapshot) -> None:
-        self.st = dict(snap.st)
-        self.order = list(snap.order)
+        while len(self.journal) > snap.journal:
+            nid, old, first = self.journal.pop()
+            if old is None:
+                del self.st[nid]
+            else:
+                self.st[nid] = old
+            if first:
+                self.order.pop()
+                self.order_set.discard(nid)
+        while len(self.sql_journal) > snap.sql_journal:
+            nid, old_text = self.sql_journal.pop()
+            if old_text is None:
+                del self.sql_text[nid]
+            else:
+                self.sql_text[nid] = old_text
         del self.run_sql[snap.n_run :]
         del self.consume[snap.n_consume :]
+        for nid in self.cancel[snap.n_cancel :]:
+            self.cancel_set.discard(nid)
         del self.cancel[snap.n_cancel :]
         self.taken = set(snap.taken)
-        self.sql_text = dict(snap.sql_text)
 
     def stamp(self, ctx: _Ctx) -> dict[str, Any]:
         return {"execution_id": ctx.execution_id}
@@ -310,7 +344,7 @@ class _Run:
             if s.status == "pending":
                 return self.fail(node.id, ctx, exc.message)
             return _WAIT
-        self.sql_text[node.id] = sql
+        self.remember_sql(node.id, sql)
         if s.status == "pending":
             self.start(node.id, ctx)
             self.run_sql.append(RunSql(node.id, sql))
@@ -602,9 +636,10 @@ class _Run:
             if (
                 self.get(n).status == "running"
                 and self.nodes[n].node_type in LEAF_TYPES
-                and n not in self.cancel
+                and n not in self.cancel_set
             ):
                 self.cancel.append(n)
+                self.cancel_set.add(n)
 
     def reset_subtree(self, nid: str) -> None:
         for n in self.subtree(nid):

@@ -25,6 +25,7 @@ from tests.unit.test_engine_driver import (
     IID,
     T0,
     Driver,
+    Env,
     StepFailed,
     brk,
     http,
@@ -774,3 +775,45 @@ def test_signals_in_a_view_are_not_mutated() -> None:
 def test_mini_select_failure_type() -> None:
     with pytest.raises(StepFailed):
         mini_select("UPDATE t SET x = 1")
+
+
+# --- limits -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["then", "then_right", "join", "race", "if", "loop"])
+def test_graphs_as_deep_as_allowed(kind: str) -> None:
+    """256 levels below the root (the graph limit) must not exhaust the Python stack."""
+    env = sql("SELECT 1 AS x")
+    for _ in range(256):
+        if kind == "then":
+            env = then(env, sleep(0))
+        elif kind == "then_right":
+            env = then(sleep(0), env)
+        elif kind == "join":
+            env = join(env, sleep(0))
+        elif kind == "race":
+            env = race(env, signal("never"))
+        elif kind == "if":
+            env = if_(sleep(0), env, sleep(0))
+        else:
+            env = loop(env, sql("SELECT false"))
+    d = Driver(env, settings=FAST).run()
+    assert d.status == "completed"
+
+
+def wide(n: int) -> Env:
+    branches = [sql(f"SELECT {i} AS x") for i in range(n)]
+    while len(branches) > 1:
+        branches = [
+            join(*branches[i : i + 2]) if i + 1 < len(branches) else branches[i]
+            for i in range(0, len(branches), 2)
+        ]
+    return branches[0]
+
+
+def test_wide_graph() -> None:
+    d = Driver(wide(3000))
+    assert len(d.settle().run_sql) == 3000
+    d = Driver(wide(150)).run(order=lambda p: p[len(p) // 2])
+    assert d.status == "completed" and len(d.executed) == 150
+    assert json.loads(d.output or "")[0][0][0][0][0][0][0][0]["rows"] == [{"x": 0}]
