@@ -71,8 +71,10 @@ SELECT df._fire_fault_v1(%(name)s)
 SELECT pg_catalog.set_config('statement_timeout', %(timeout)s, true), pg_catalog.pg_current_xact_id()
 
 -- name: step_guard --
--- On the submitter's connection, right before the checkpoint: nothing the step left may steer it.
-SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true),
+-- On the submitter's connection, right before the checkpoint: nothing the step left may steer it
+-- (a role it SET goes back to the login role, which is the submitter).
+SELECT pg_catalog.set_config('role', 'none', true),
+       pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true),
        pg_catalog.set_config('log_parameter_max_length_on_error', '0', true),
        pg_catalog.set_config('statement_timeout', '0', true),
        pg_catalog.pg_current_xact_id()

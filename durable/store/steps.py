@@ -173,11 +173,11 @@ class StepRunner:
             except (pg_errors.ActiveSqlTransaction, pg_errors.InvalidTransactionTermination) as exc:
                 raise _NotInTransactionBlock() from exc
             self.fault("after_statement")
-            guard_xid = conn.execute(query("step_guard")).fetchone()[3]
+            guard_xid = conn.execute(query("step_guard")).fetchone()[4]
             if guard_xid != xid:
                 raise _StepEscaped("the step ended its transaction")
             checkpoint["result_text"] = result_text
-            checkpoint["version"] = conn.execute(query("checkpoint"), checkpoint).fetchone()[0]
+            checkpoint["version"] = _checkpoint(conn, checkpoint)
         return result_text
 
     def _on_its_own(self, conn: psycopg.Connection[Any], sql_text: str, timeout_ms: int,
@@ -195,7 +195,7 @@ class StepRunner:
         with conn.transaction():
             conn.execute(query("step_guard"))
             checkpoint["result_text"] = result_text
-            checkpoint["version"] = conn.execute(query("checkpoint"), checkpoint).fetchone()[0]
+            checkpoint["version"] = _checkpoint(conn, checkpoint)
         return result_text
 
     def _failed(self, exc: BaseException, conn: psycopg.Connection[Any], claim: Claim, node_id: str) -> StepResult:
@@ -207,10 +207,10 @@ class StepRunner:
             return StepResult(Outcome.FAILED, message=str(exc))
         if isinstance(exc, _StepEscaped):
             return StepResult(Outcome.FAILED, message=str(exc))
+        if isinstance(exc, _Fenced):
+            return StepResult(Outcome.LEASE_LOST, message="lease lost")
         if isinstance(exc, pg_errors.Error):
             state = exc.sqlstate or ""
-            if state == "DF014":
-                return StepResult(Outcome.LEASE_LOST, message="lease lost")
             if state == "57014":
                 return StepResult(Outcome.CANCELLED, message=exc.diag.message_primary)
             if state == "42601" and "multiple commands" in (exc.diag.message_primary or ""):
@@ -231,6 +231,19 @@ class _NotInTransactionBlock(Exception):
 
 class _StepEscaped(Exception):
     pass
+
+
+class _Fenced(Exception):
+    """Our own checkpoint was refused: the lease or the instance is gone."""
+
+
+def _checkpoint(conn: psycopg.Connection[Any], params: dict[str, Any]) -> int:
+    try:
+        return int(conn.execute(query("checkpoint"), params).fetchone()[0])
+    except pg_errors.Error as exc:
+        if exc.sqlstate == "DF014":
+            raise _Fenced() from exc
+        raise
 
 
 def _from_worker_error(exc: BaseException) -> StepResult:
