@@ -373,7 +373,10 @@ class _Run:
             return self.fail(node.id, ctx, f"Invalid sleep duration '{node.query}'")
         wake = s.wake_at
         if s.status == "pending" or wake is None:
-            wake = self.now + timedelta(seconds=seconds)
+            try:
+                wake = self.now + timedelta(seconds=seconds)
+            except OverflowError:
+                wake = datetime.max.replace(tzinfo=self.now.tzinfo)
             self.start(node.id, ctx, wake_at=wake)
         if self.now >= wake:
             return self.complete(node.id, ctx, f'{{"slept":true,"seconds":{seconds}}}')

@@ -805,7 +805,7 @@ def wide(n: int) -> Env:
     branches = [sql(f"SELECT {i} AS x") for i in range(n)]
     while len(branches) > 1:
         branches = [
-            join(*branches[i : i + 2]) if i + 1 < len(branches) else branches[i]
+            join(branches[i], branches[i + 1]) if i + 1 < len(branches) else branches[i]
             for i in range(0, len(branches), 2)
         ]
     return branches[0]
@@ -817,3 +817,53 @@ def test_wide_graph() -> None:
     d = Driver(wide(150)).run(order=lambda p: p[len(p) // 2])
     assert d.status == "completed" and len(d.executed) == 150
     assert json.loads(d.output or "")[0][0][0][0][0][0][0][0]["rows"] == [{"x": 0}]
+
+
+def test_very_long_sleep_waits_for_ever() -> None:
+    d = Driver(sleep(10**15))
+    dec = d.settle()
+    assert dec.wake_at is not None and dec.wake_at.year == 9999
+
+
+def test_signal_wait_in_a_loop_takes_one_signal_per_iteration() -> None:
+    counts, handler = counter_handler()
+    d = Driver(loop(signal("tick", result_name="t"), sql("SELECT more(c,3)")), settings=FAST)
+    d.handler = handler  # type: ignore[assignment]
+    ids = [d.send("tick", str(i)) for i in range(4)]
+    d.run()
+    assert d.status == "completed"
+    assert [sid for sid, _ in d.consumed] == ids[:3]
+    assert json.loads(d.output or "")["data"] == 2
+    assert [s.id for s in d.view().signals] == [ids[3]]
+
+
+def test_signal_beats_a_timeout_that_is_also_due() -> None:
+    d = Driver(signal("s", timeout=10))
+    d.settle()
+    d.later(60)
+    d.send("s", '"late but here"')
+    d.settle()
+    assert json.loads(d.output or "") == {"signal_name": "s", "timed_out": False, "data": "late but here"}
+
+
+def test_a_cancelled_wait_does_not_consume() -> None:
+    d = Driver(then(race(signal("go"), sleep(5)), signal("go", result_name="g")))
+    d.settle()
+    d.later(5)
+    dec = d.settle()  # the race is over: its wait is abandoned, the second wait starts
+    assert dec.consume == [] and d.st("right").status == "running"
+    sid = d.send("go", '"x"')
+    dec = d.settle()
+    assert dec.consume == [(sid, d.node("right"))]
+    assert d.status == "completed"
+
+
+def test_early_signal_and_running_wait_in_one_decision() -> None:
+    """A wait already running gets the signal; a wait starting in the same decision does not."""
+    d = Driver(join(signal("go"), then(sql("SELECT 1"), signal("go"))))
+    d.settle()
+    sid = d.send("go", "1")
+    d.execute(d.node("right.left"))
+    dec = d.settle()
+    assert dec.consume == [(sid, d.node("left"))]
+    assert d.st("right.right").status == "running"
