@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -22,10 +23,15 @@ from tests import pgserver
 _server: pgserver.PgServer | None = None
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # unwind so pytest_unconfigure stops the server
+
+
 def pytest_configure(config: pytest.Config) -> None:
     global _server
     if os.environ.get("PYTEST_XDIST_WORKER"):
         return
+    signal.signal(signal.SIGTERM, _interrupt)
     external = os.environ.get("DURABLE_TEST_DSN")
     if external:
         params = conninfo_to_dict(external)

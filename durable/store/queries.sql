@@ -81,7 +81,8 @@ SELECT pg_catalog.set_config('role', 'none', true),
 
 -- name: checkpoint --
 -- Record the step's result in the step's own transaction (secret-checked).
-SELECT df._checkpoint_v1(%(instance_id)s, %(node_id)s, %(secret)s, %(result_text)s, %(status_details)s)
+SELECT df._checkpoint_v1(%(instance_id)s, %(node_id)s, %(secret)s, %(result_text)s, %(status_details)s,
+                         %(expected_version)s)
 
 -- name: listen --
 -- Wake on new work and on nudges to held instances.

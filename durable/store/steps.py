@@ -49,6 +49,7 @@ class Outcome(enum.Enum):
     FAILED = "failed"          # the step's own error: fails the node
     CANCELLED = "cancelled"    # cancelled by the worker (instance cancel, race loser)
     LEASE_LOST = "lease_lost"  # fenced: another worker owns the instance now
+    STALE = "stale"            # the checkpoint was refused (node moved on, instance ended, or lease lost)
     RETRY = "retry"            # infrastructure trouble: try again later
     REFUSED = "refused"        # the submitter may not run steps (anymore): fails the instance
 
@@ -110,9 +111,9 @@ class StepRunner:
             return pool
 
     def run(self, claim: Claim, role: str, database: str | None, node_id: str, sql_text: str,
-            status_details: dict[str, Any] | None, timeout_ms: int,
+            status_details: dict[str, Any] | None, expected_version: int, timeout_ms: int,
             register: Callable[[psycopg.Connection[Any] | None], bool]) -> StepResult:
-        """Run one step.  `register(conn)` lets the caller cancel it; it returns False when the
+        """Run one step (the node must still be at `expected_version` when it checkpoints).  `register(conn)` lets the caller cancel it; it returns False when the
         step must not start (already cancelled)."""
         if transaction_control(sql_text):
             return StepResult(Outcome.FAILED, message=(
@@ -126,7 +127,8 @@ class StepRunner:
             return StepResult(Outcome.RETRY, message=f"cannot connect as {role}: {str(exc).strip()}")
         error: BaseException | None = None
         try:
-            return self._run_on(conn, claim, node_id, sql_text, status_details, timeout_ms, register)
+            return self._run_on(conn, claim, node_id, sql_text, status_details, expected_version, timeout_ms,
+                                register)
         except BaseException as exc:
             error = exc
             raise
@@ -138,7 +140,7 @@ class StepRunner:
                 conn_cm.__exit__(None, None, None)
 
     def _run_on(self, conn: psycopg.Connection[Any], claim: Claim, node_id: str, sql_text: str,
-                status_details: dict[str, Any] | None, timeout_ms: int,
+                status_details: dict[str, Any] | None, expected_version: int, timeout_ms: int,
                 register: Callable[[psycopg.Connection[Any] | None], bool]) -> StepResult:
         secret = secrets.token_hex(32)
         try:
@@ -149,7 +151,7 @@ class StepRunner:
             self.db.end_attempt(claim, node_id)
             return StepResult(Outcome.CANCELLED)
         checkpoint = {"instance_id": claim.instance_id, "node_id": node_id, "secret": secret,
-                      "status_details": Jsonb(status_details)}
+                      "status_details": Jsonb(status_details), "expected_version": expected_version}
         try:
             result_text = self._in_one_transaction(conn, sql_text, timeout_ms, checkpoint)
         except _NotInTransactionBlock:
@@ -208,7 +210,7 @@ class StepRunner:
         if isinstance(exc, _StepEscaped):
             return StepResult(Outcome.FAILED, message=str(exc))
         if isinstance(exc, _Fenced):
-            return StepResult(Outcome.LEASE_LOST, message="lease lost")
+            return StepResult(Outcome.STALE, message=str(exc.__cause__ or "checkpoint refused"))
         if isinstance(exc, pg_errors.Error):
             state = exc.sqlstate or ""
             if state == "57014":

@@ -66,6 +66,7 @@ class InstanceRunner:
         self.claim = claim
         self.nudges = claim.nudges
         self.inflight: dict[str, _InFlight] = {}
+        self.versions: dict[str, int] = {}   # node versions this runner wrote last
         self.conflicts = 0
 
     @property
@@ -109,7 +110,8 @@ class InstanceRunner:
             # holder of the lease started and never checkpointed (they run again).
             for step in decision.in_flight or decision.run_sql:
                 if step.node_id not in self.inflight:
-                    self._start_step(loaded, step, views.details_of(decision, v, step.node_id))
+                    version = self.versions.get(step.node_id, v.state_of(step.node_id).resource_version)
+                    self._start_step(loaded, step, views.details_of(decision, v, step.node_id), version)
             if self.worker.stopping.is_set() and not self.inflight:
                 self._release(datetime.now(UTC))
                 return
@@ -141,6 +143,7 @@ class InstanceRunner:
                 raise
             return False
         self.conflicts = 0
+        self.versions.update(result.get("versions") or {})
         if result.get("status") == "cancelled":
             self._cancel_all()
             self._release(None)
@@ -148,7 +151,8 @@ class InstanceRunner:
         return True
 
     # -- steps ---------------------------------------------------------------------------------
-    def _start_step(self, loaded: Loaded, step: views.RunSql, details: dict[str, Any] | None) -> None:
+    def _start_step(self, loaded: Loaded, step: views.RunSql, details: dict[str, Any] | None,
+                    version: int) -> None:
         assert self.worker.steps is not None
         node_id, sql_text = step.node_id, step.sql
         handle = _InFlight(node_id)
@@ -157,7 +161,7 @@ class InstanceRunner:
         inst = loaded.instance
         handle.future = self.worker.step_pool.submit(
             self.worker.steps.run, self.claim, inst["submitter"], inst["database"], node_id, sql_text,
-            details, timeout_ms, handle.attach)
+            details, version, timeout_ms, handle.attach)
 
     def _wait_for_steps(self) -> None:
         futures = {h.future: h for h in self.inflight.values() if h.future is not None}
@@ -172,8 +176,8 @@ class InstanceRunner:
     def _step_done(self, handle: _InFlight, result: StepResult) -> None:
         if result.outcome is Outcome.COMPLETED:
             return  # checkpointed in the step's own transaction
-        if result.outcome is Outcome.CANCELLED and handle.cancelled:
-            return  # the engine or a cancel asked for it
+        if handle.cancelled or result.outcome is Outcome.STALE:
+            return  # asked for, or superseded: read again and decide (a lost lease shows there)
         if result.outcome is Outcome.LEASE_LOST:
             raise LeaseLostError()
         if result.outcome is Outcome.RETRY:

@@ -225,10 +225,12 @@ $$;
 -- or not at all.  Only the holder of the attempt's secret, on the attempt's
 -- backend, under a live lease, for a running node of a live instance, can
 -- write it.  Locks the queue row FOR SHARE so that no takeover can claim the
--- instance between this check and the commit.  Returns the node's new
--- resource_version.
+-- instance between this check and the commit.  Compare-and-swap on the
+-- version the node had when the attempt started, so a late result can never
+-- land on a later run of the same node (a loop's next iteration).  Returns
+-- the node's new resource_version.
 CREATE FUNCTION df._checkpoint_v1(p_instance_id text, p_node_id text, p_secret text, p_result_text text,
-                                  p_status_details jsonb)
+                                  p_status_details jsonb, p_expected_version bigint)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -258,9 +260,11 @@ BEGIN
        SET status = 'completed', result_text = p_result_text, result = p_result_text::jsonb,
            status_details = p_status_details, wake_at = NULL
      WHERE n.instance_id = p_instance_id AND n.id = p_node_id AND n.status = 'running'
+       AND n.resource_version = p_expected_version
     RETURNING n.resource_version INTO v_version;
     IF v_version IS NULL THEN
-        RAISE EXCEPTION 'durable: checkpoint refused: the node is not running' USING ERRCODE = 'DF014';
+        RAISE EXCEPTION 'durable: checkpoint refused: the node is no longer running this attempt'
+            USING ERRCODE = 'DF014';
     END IF;
     DELETE FROM df.attempts AS x WHERE x.instance_id = p_instance_id AND x.node_id = p_node_id;
     RETURN v_version;

@@ -80,13 +80,13 @@ def test_a_step_cannot_checkpoint_someone_elses_step(setup, start_worker, db):
     victim = b.execute("SELECT df.start(df.wait_for_signal('never') & 'SELECT 1')").fetchone()[0]
     node = db.execute("SELECT id FROM df.nodes WHERE instance_id = %s AND node_type = 'SIGNAL'",
                       (victim,)).fetchone()[0]
-    status, out = finish(a, f"'SELECT df._checkpoint_v1(''{victim}'', ''{node}'', ''guess'', ''{{}}'', NULL)'")
+    status, out = finish(a, f"'SELECT df._checkpoint_v1(''{victim}'', ''{node}'', ''guess'', ''{{}}'', NULL, 1)'")
     assert status == "failed" and "checkpoint refused" in out
     # Also from a deferred constraint trigger that fires at commit, inside the step's transaction.
     a.execute(f"""
         CREATE TABLE public.bait (x int);
         CREATE FUNCTION public.forge() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN
-            PERFORM df._checkpoint_v1('{victim}', '{node}', 'guess', '{{"rows":[],"row_count":0}}', NULL);
+            PERFORM df._checkpoint_v1('{victim}', '{node}', 'guess', '{{"rows":[],"row_count":0}}', NULL, 1);
             RETURN NULL; END $f$;
         CREATE CONSTRAINT TRIGGER forge AFTER INSERT ON public.bait DEFERRABLE INITIALLY DEFERRED
             FOR EACH ROW EXECUTE FUNCTION public.forge();

@@ -85,7 +85,7 @@ def test_a_checkpoint_without_the_secret_is_refused(db, make_role, connect_as):
     iid = alice.execute("SELECT df.start('SELECT 1')").fetchone()[0]
     node = db.execute("SELECT root_node FROM df.instances WHERE id = %s", (iid,)).fetchone()[0]
     with pytest.raises(psycopg.Error) as info:
-        alice.execute("SELECT df._checkpoint_v1(%s, %s, 'guess', '{\"rows\":[],\"row_count\":0}', NULL)", (iid, node))
+        alice.execute("SELECT df._checkpoint_v1(%s, %s, 'guess', '{\"rows\":[],\"row_count\":0}', NULL, 1)", (iid, node))
     assert info.value.sqlstate == "DF014"
     assert db.execute("SELECT status FROM df.nodes WHERE instance_id = %s", (iid,)).fetchone()[0] == "pending"
 
