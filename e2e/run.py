@@ -38,12 +38,12 @@ def _psql() -> str:
     return found
 
 
-def run_file(path: Path, dsn: str, role: str) -> tuple[bool, str]:
+def run_file(path: Path, dsn: str, role: str, other: str) -> tuple[bool, str]:
     params = conninfo_to_dict(dsn)
     env = dict(os.environ, PGHOST=str(params.get("host", "")), PGPORT=str(params.get("port", "")),
                PGDATABASE=str(params["dbname"]), PGUSER=role, PGOPTIONS="-c client_min_messages=warning")
     env.pop("PGPASSWORD", None)
-    proc = subprocess.run([_psql(), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(path)],
+    proc = subprocess.run([_psql(), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-v", f"other={other}", "-f", str(path)],
                           env=env, capture_output=True, text=True, timeout=300)
     return proc.returncode == 0, (proc.stdout + proc.stderr).strip()
 
@@ -65,15 +65,18 @@ def main() -> int:
         for path in files:
             dbname = f"e2e_{uuid.uuid4().hex[:8]}"
             role = f"e2e_{uuid.uuid4().hex[:8]}"
+            other = f"e2e_other_{uuid.uuid4().hex[:8]}"  # a second ordinary role, for RLS checks (psql: \c - :other)
             with psycopg.connect(admin, autocommit=True) as conn:
                 conn.execute(f'CREATE DATABASE "{dbname}"')
                 conn.execute(f'CREATE ROLE "{role}" LOGIN')
+                conn.execute(f'CREATE ROLE "{other}" LOGIN')
             params = conninfo_to_dict(admin)
             params["dbname"] = dbname
             dsn = make_conninfo(**params)
             schema.install(dsn)
             with psycopg.connect(dsn, autocommit=True) as conn:
-                conn.execute("SELECT df.grant_usage(%s)", (role,))
+                conn.execute("SELECT df.grant_usage(%s, true)", (role,))
+                conn.execute("SELECT df.grant_usage(%s)", (other,))
                 conn.execute(f'GRANT CREATE ON SCHEMA public TO "{role}"')
                 conn.execute("UPDATE df.settings SET value = '0.05' WHERE key = 'loop_min_iteration_seconds'")
             worker = subprocess.Popen([sys.executable, "-m", "durable.cli", "worker", "--dsn", dsn,
@@ -81,7 +84,7 @@ def main() -> int:
                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             started = time.monotonic()
             try:
-                ok, output = run_file(path, dsn, role)
+                ok, output = run_file(path, dsn, role, other)
             finally:
                 worker.terminate()
                 try:

@@ -7,7 +7,7 @@
 CREATE FUNCTION df.status(instance_id text) RETURNS text
 LANGUAGE sql STABLE STRICT
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT i.status FROM df.instances AS i WHERE i.id = instance_id $$;
+AS $$ SELECT i.status FROM df.instances AS i WHERE i.id = status.instance_id $$;
 
 CREATE FUNCTION df.result(instance_id text) RETURNS text
 LANGUAGE sql STABLE STRICT
@@ -16,7 +16,7 @@ AS $$
     SELECT n.result::text
       FROM df.instances AS i
       JOIN df.nodes AS n ON n.instance_id = i.id AND n.id = i.root_node
-     WHERE i.id = instance_id AND n.status = 'completed'
+     WHERE i.id = result.instance_id AND n.status = 'completed'
 $$;
 
 CREATE FUNCTION df.instance_info(instance_id text)

@@ -161,3 +161,12 @@ def test_await_in_the_starting_transaction_raises_at_once(make_role, connect_as)
     with pytest.raises(psycopg.Error) as info:
         alice.execute("SELECT df.await_instance(%s, 30)", (iid,))
     assert "was started in this transaction" in info.value.diag.message_primary
+
+
+def test_result_of_an_unknown_id_is_null_even_when_others_completed(db, make_role, connect_as):
+    alice = connect_as(make_role())
+    iid = alice.execute("SELECT df.start('SELECT 1')").fetchone()[0]
+    db.execute("UPDATE df.nodes SET status = 'completed', result = '{\"rows\":[],\"row_count\":0}' "
+               "WHERE instance_id = %s", (iid,))
+    assert alice.execute("SELECT df.result(%s)", (iid,)).fetchone()[0] == '{"rows": [], "row_count": 0}'
+    assert alice.execute("SELECT df.result('deadbeef'), df.status('deadbeef')").fetchone() == (None, None)
