@@ -97,7 +97,7 @@ class StepRunner:
             params["dbname"] = database
         params["application_name"] = "durable:step"
         params["options"] = "-c client_connection_check_interval=2000"
-        return make_conninfo(**params)
+        return make_conninfo("", **params)
 
     def _pool(self, role: str, database: str | None) -> ConnectionPool:
         key = (role, database)
@@ -121,23 +121,15 @@ class StepRunner:
                 "steps: each step already runs in its own transaction"))
         try:
             pool = self._pool(role, database)
-            conn_cm = pool.connection()
-            conn = conn_cm.__enter__()
-        except (psycopg.OperationalError, Exception) as exc:  # noqa: BLE001 - any connect failure
+            conn = pool.getconn()
+        except Exception as exc:  # noqa: BLE001 - any connect failure: try again later
             return StepResult(Outcome.RETRY, message=f"cannot connect as {role}: {str(exc).strip()}")
-        error: BaseException | None = None
         try:
             return self._run_on(conn, claim, node_id, sql_text, status_details, expected_version, timeout_ms,
                                 register)
-        except BaseException as exc:
-            error = exc
-            raise
         finally:
             register(None)
-            if error is not None or conn.closed:
-                conn_cm.__exit__(type(error), error, None)
-            else:
-                conn_cm.__exit__(None, None, None)
+            pool.putconn(conn)  # a broken connection is discarded, a good one reset (DISCARD ALL)
 
     def _run_on(self, conn: psycopg.Connection[Any], claim: Claim, node_id: str, sql_text: str,
                 status_details: dict[str, Any] | None, expected_version: int, timeout_ms: int,
@@ -150,7 +142,7 @@ class StepRunner:
         if not register(conn):
             self.db.end_attempt(claim, node_id)
             return StepResult(Outcome.CANCELLED)
-        checkpoint = {"instance_id": claim.instance_id, "node_id": node_id, "secret": secret,
+        checkpoint: dict[str, Any] = {"instance_id": claim.instance_id, "node_id": node_id, "secret": secret,
                       "status_details": Jsonb(status_details), "expected_version": expected_version}
         try:
             result_text = self._in_one_transaction(conn, sql_text, timeout_ms, checkpoint)
@@ -162,12 +154,12 @@ class StepRunner:
         except BaseException as exc:
             return self._failed(exc, conn, claim, node_id)
         self.fault("after_commit")
-        return StepResult(Outcome.COMPLETED, result_text=result_text, version=checkpoint.get("version"))
+        return StepResult(Outcome.COMPLETED, result_text=result_text, version=int(checkpoint["version"]))
 
     def _in_one_transaction(self, conn: psycopg.Connection[Any], sql_text: str, timeout_ms: int,
                             checkpoint: dict[str, Any]) -> str:
         with conn.transaction():
-            xid = conn.execute(query("step_prepare"), {"timeout": f"{timeout_ms}ms"}).fetchone()[1]
+            xid = _row(conn.execute(query("step_prepare"), {"timeout": f"{timeout_ms}ms"}))[1]
             try:
                 cur = conn.cursor()
                 cur.execute(sql_text.encode(), binary=True)  # extended protocol: one statement only
@@ -175,7 +167,7 @@ class StepRunner:
             except (pg_errors.ActiveSqlTransaction, pg_errors.InvalidTransactionTermination) as exc:
                 raise _NotInTransactionBlock() from exc
             self.fault("after_statement")
-            guard_xid = conn.execute(query("step_guard")).fetchone()[4]
+            guard_xid = _row(conn.execute(query("step_guard")))[4]
             if guard_xid != xid:
                 raise _StepEscaped("the step ended its transaction")
             checkpoint["result_text"] = result_text
@@ -239,9 +231,16 @@ class _Fenced(Exception):
     """Our own checkpoint was refused: the lease or the instance is gone."""
 
 
+def _row(cur: psycopg.Cursor[Any]) -> Any:
+    row = cur.fetchone()
+    if row is None:
+        raise psycopg.InterfaceError("the statement returned no row")
+    return row
+
+
 def _checkpoint(conn: psycopg.Connection[Any], params: dict[str, Any]) -> int:
     try:
-        return int(conn.execute(query("checkpoint"), params).fetchone()[0])
+        return int(_row(conn.execute(query("checkpoint"), params))[0])
     except pg_errors.Error as exc:
         if exc.sqlstate == "DF014":
             raise _Fenced() from exc
