@@ -52,6 +52,13 @@ class WorkerDB:
             row = conn.execute(query(name), params).fetchone()
             return row[0] if row else None
 
+    def schema_versions(self) -> list[str]:
+        """The versions recorded in df.schema_version (empty when durable is not installed)."""
+        with wrap_errors(), self.pool.connection() as conn:
+            if conn.execute("SELECT pg_catalog.to_regclass('df.schema_version') IS NULL").fetchone() == (True,):
+                return []
+            return [r[0] for r in conn.execute("SELECT version FROM df.schema_version").fetchall()]
+
     def register(self, worker_id: uuid.UUID, hostname: str, pid: int) -> None:
         self._one("register_worker", {"worker_id": worker_id, "hostname": hostname, "pid": pid})
 

@@ -57,6 +57,22 @@ class Worker:
             log.warning("fault point %s: killing the worker", name)
             os.kill(os.getpid(), signal.SIGKILL)
 
+    def check_schema(self) -> None:
+        """Refuse to run against a schema this worker was not built for."""
+        from durable.schema import Scripts, parse_version
+
+        wanted = Scripts.packaged().newest()
+        versions = self.db.schema_versions()
+        if not versions:
+            raise DurableError("durable is not installed in this database: run `durable install`")
+        current = max(versions, key=parse_version)
+        if parse_version(current) < parse_version(wanted):
+            raise DurableError(f"the database has durable {current}; this worker needs {wanted}: "
+                               f"run `durable upgrade` first")
+        if parse_version(current) > parse_version(wanted):
+            raise DurableError(f"the database has durable {current}, newer than this worker ({wanted}): "
+                               "upgrade the durable package")
+
     def refresh_settings(self) -> None:
         self.settings = self.db.settings()
 
@@ -128,6 +144,7 @@ class Worker:
         from durable.worker.runner import InstanceRunner
 
         self.db.open()
+        self.check_schema()
         self.refresh_settings()
         self.steps = StepRunner(self.dsn, self.db, max_per_role=int(self.setting("max_user_connections", 10)),
                                 fault=self.fault)

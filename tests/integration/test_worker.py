@@ -224,3 +224,14 @@ def test_many_workers_many_instances_each_effect_once(alice, start_worker, worke
     for iid in ids:
         assert await_instance(alice, iid, 120) == "completed"
     assert alice.execute("SELECT count(*), count(DISTINCT (i, step)) FROM public.effects").fetchone() == (400, 400)
+
+
+def test_worker_refuses_a_schema_it_was_not_built_for(db, worker_dsn, tmp_path):
+    import subprocess
+    import sys
+
+    db.execute("UPDATE df.schema_version SET version = '0.0.1'")
+    proc = subprocess.run([sys.executable, "-m", "durable.cli", "worker", "--dsn", worker_dsn],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "run `durable upgrade` first" in proc.stderr and "Traceback" not in proc.stderr
