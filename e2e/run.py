@@ -70,6 +70,8 @@ def main() -> int:
                 conn.execute(f'CREATE DATABASE "{dbname}"')
                 conn.execute(f'CREATE ROLE "{role}" LOGIN')
                 conn.execute(f'CREATE ROLE "{other}" LOGIN')
+                if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'e2e_worker'").fetchone():
+                    conn.execute("CREATE ROLE e2e_worker LOGIN IN ROLE durable_worker")
             params = conninfo_to_dict(admin)
             params["dbname"] = dbname
             dsn = make_conninfo(**params)
@@ -79,7 +81,8 @@ def main() -> int:
                 conn.execute("SELECT df.grant_usage(%s)", (other,))
                 conn.execute(f'GRANT CREATE ON SCHEMA public TO "{role}"')
                 conn.execute("UPDATE df.settings SET value = '0.05' WHERE key = 'loop_min_iteration_seconds'")
-            worker = subprocess.Popen([sys.executable, "-m", "durable.cli", "worker", "--dsn", dsn,
+            params["user"] = "e2e_worker"  # an ordinary login role in durable_worker, not the superuser
+            worker = subprocess.Popen([sys.executable, "-m", "durable.cli", "worker", "--dsn", make_conninfo(**params),
                                        "--concurrency", "2"], cwd=ROOT,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             started = time.monotonic()

@@ -84,6 +84,11 @@ SELECT pg_catalog.set_config('role', 'none', true),
 SELECT df._checkpoint_v1(%(instance_id)s, %(node_id)s, %(secret)s, %(result_text)s, %(status_details)s,
                          %(expected_version)s)
 
+-- name: checkpoint_remote --
+-- Record the result of a step that ran in another database (at-least-once), under the lease.
+SELECT df._checkpoint_remote_v1(%(instance_id)s, %(node_id)s, %(token)s, %(result_text)s, %(status_details)s,
+                                %(expected_version)s)
+
 -- name: listen --
 -- Wake on new work and on nudges to held instances.
 LISTEN durable_work; LISTEN durable_nudge

@@ -78,6 +78,7 @@ class StepRunner:
     def __init__(self, dsn: str, db: WorkerDB, *, max_per_role: int = 10,
                  fault: Callable[[str], None] = lambda name: None) -> None:
         self.base = conninfo_to_dict(dsn)
+        self.home_database = str(self.base.get("dbname") or "")
         self.db = db
         self.max_per_role = max_per_role
         self.fault = fault
@@ -110,11 +111,15 @@ class StepRunner:
                 self._pools[key] = pool
             return pool
 
-    def run(self, claim: Claim, role: str, database: str | None, node_id: str, sql_text: str,
+    def run(self, claim: Claim, role: str | None, database: str | None, node_id: str, sql_text: str,
             status_details: dict[str, Any] | None, expected_version: int, timeout_ms: int,
             register: Callable[[psycopg.Connection[Any] | None], bool]) -> StepResult:
         """Run one step (the node must still be at `expected_version` when it checkpoints).  `register(conn)` lets the caller cancel it; it returns False when the
         step must not start (already cancelled)."""
+        if role is None:
+            return StepResult(Outcome.REFUSED, message="submitted_by role no longer exists in pg_roles")
+        if database == self.home_database:
+            database = None
         if transaction_control(sql_text):
             return StepResult(Outcome.FAILED, message=(
                 "transaction control statements (BEGIN, COMMIT, ROLLBACK, SAVEPOINT, ...) cannot be workflow "
@@ -126,14 +131,14 @@ class StepRunner:
             return StepResult(Outcome.RETRY, message=f"cannot connect as {role}: {str(exc).strip()}")
         try:
             return self._run_on(conn, claim, node_id, sql_text, status_details, expected_version, timeout_ms,
-                                register)
+                                register, elsewhere=database is not None)
         finally:
             register(None)
             pool.putconn(conn)  # a broken connection is discarded, a good one reset (DISCARD ALL)
 
     def _run_on(self, conn: psycopg.Connection[Any], claim: Claim, node_id: str, sql_text: str,
                 status_details: dict[str, Any] | None, expected_version: int, timeout_ms: int,
-                register: Callable[[psycopg.Connection[Any] | None], bool]) -> StepResult:
+                register: Callable[[psycopg.Connection[Any] | None], bool], *, elsewhere: bool) -> StepResult:
         secret = secrets.token_hex(32)
         try:
             self.db.begin_attempt(claim, node_id, hashlib.sha256(secret.encode()).digest(), conn.info.backend_pid)
@@ -144,6 +149,8 @@ class StepRunner:
             return StepResult(Outcome.CANCELLED)
         checkpoint: dict[str, Any] = {"instance_id": claim.instance_id, "node_id": node_id, "secret": secret,
                       "status_details": Jsonb(status_details), "expected_version": expected_version}
+        if elsewhere:
+            return self._elsewhere(conn, claim, node_id, sql_text, timeout_ms, checkpoint)
         try:
             result_text = self._in_one_transaction(conn, sql_text, timeout_ms, checkpoint)
         except _NotInTransactionBlock:
@@ -191,6 +198,28 @@ class StepRunner:
             checkpoint["result_text"] = result_text
             checkpoint["version"] = _checkpoint(conn, checkpoint)
         return result_text
+
+    def _elsewhere(self, conn: psycopg.Connection[Any], claim: Claim, node_id: str, sql_text: str,
+                   timeout_ms: int, checkpoint: dict[str, Any]) -> StepResult:
+        """A step in another database: at-least-once (run, then record under the lease)."""
+        try:
+            conn.autocommit = True
+            try:
+                conn.execute(query("step_prepare").replace("true)", "false)", 1), {"timeout": f"{timeout_ms}ms"})
+                cur = conn.cursor()
+                cur.execute(sql_text.encode(), binary=True)
+                result_text = results.rows_json(cur)
+            finally:
+                conn.autocommit = False
+        except BaseException as exc:
+            return self._failed(exc, conn, claim, node_id)
+        try:
+            version = self.db.checkpoint_remote(claim, node_id, result_text, checkpoint["status_details"].obj,
+                                                checkpoint["expected_version"])
+        except Exception as exc:  # noqa: BLE001
+            state = getattr(exc, "sqlstate_seen", None) or getattr(exc, "sqlstate", None)
+            return StepResult(Outcome.STALE if state == "DF014" else Outcome.RETRY, message=str(exc))
+        return StepResult(Outcome.COMPLETED, result_text=result_text, version=version)
 
     def _failed(self, exc: BaseException, conn: psycopg.Connection[Any], claim: Claim, node_id: str) -> StepResult:
         try:

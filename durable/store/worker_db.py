@@ -111,6 +111,12 @@ class WorkerDB:
     def end_attempt(self, claim: Claim, node_id: str) -> None:
         self._one("end_attempt", {"instance_id": claim.instance_id, "node_id": node_id, "token": claim.token})
 
+    def checkpoint_remote(self, claim: Claim, node_id: str, result_text: str, status_details: Any,
+                          expected_version: int) -> int:
+        return int(self._one("checkpoint_remote", {
+            "instance_id": claim.instance_id, "node_id": node_id, "token": claim.token, "result_text": result_text,
+            "status_details": Jsonb(status_details), "expected_version": expected_version}))
+
     def fire_fault(self, name: str) -> bool:
         return bool(self._one("fire_fault", {"name": name}))
 

@@ -108,7 +108,8 @@ class InstanceRunner:
                     self.inflight[node_id].cancel()
             # in_flight: every SQL step that should be running, including those an earlier
             # holder of the lease started and never checkpointed (they run again).
-            for step in decision.in_flight or decision.run_sql:
+            stopping = self.worker.stopping.is_set()
+            for step in [] if stopping else (decision.in_flight or decision.run_sql):
                 if step.node_id not in self.inflight:
                     version = self.versions.get(step.node_id, v.state_of(step.node_id).resource_version)
                     self._start_step(loaded, step, views.details_of(decision, v, step.node_id), version)

@@ -8,11 +8,18 @@
 DO $roles$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'durable_owner') THEN
-        CREATE ROLE durable_owner NOLOGIN NOINHERIT;
+        CREATE ROLE durable_owner NOLOGIN;
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'durable_worker') THEN
         CREATE ROLE durable_worker NOLOGIN;
     END IF;
+    -- Lets owner code tell a step's backend from a later one that reuses its pid
+    -- (pg_stat_activity.backend_start); without it, the pid alone is used.
+    BEGIN
+        GRANT pg_read_all_stats TO durable_owner;
+    EXCEPTION WHEN insufficient_privilege THEN
+        RAISE NOTICE 'durable: could not grant pg_read_all_stats to durable_owner; df.in_workflow() will match by pid only';
+    END;
     -- A non-superuser installer (managed services) needs to act as the owner.
     IF NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)
        AND NOT pg_catalog.pg_has_role(current_user, 'durable_owner', 'MEMBER') THEN

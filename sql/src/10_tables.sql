@@ -23,6 +23,7 @@ INSERT INTO df.settings (key, value) VALUES
     ('loop_min_iteration_seconds', '1'),
     ('loop_max_iterations', '100000'),
     ('statement_timeout_ms', '0'),
+    ('max_user_connections', '10'),       -- per worker, per submitter role and database
     ('max_id_attempts', '10'),
     ('id_space', '4294967296'),           -- tests shrink it to force collisions
     ('fake_now', NULL),                   -- tests set it to fake df._now()
@@ -166,6 +167,7 @@ CREATE TABLE df.attempts (
     lease_token   uuid        NOT NULL,
     secret_hash   bytea       NOT NULL,
     backend_pid   integer,
+    backend_start timestamptz,                 -- with the pid, identifies the step's backend
     started_at    timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
     CONSTRAINT attempts_pkey PRIMARY KEY (instance_id, node_id),
     CONSTRAINT attempts_node_fkey FOREIGN KEY (instance_id, node_id)

@@ -13,7 +13,14 @@ SET LOCAL ROLE durable_owner;
 CREATE FUNCTION df._in_workflow() RETURNS boolean
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT EXISTS (SELECT 1 FROM df.attempts AS a WHERE a.backend_pid = pg_catalog.pg_backend_pid()) $$;
+AS $$
+    -- The backend's start time guards against a pid reused by a later session.
+    SELECT EXISTS (
+        SELECT 1 FROM df.attempts AS a
+         WHERE a.backend_pid = pg_catalog.pg_backend_pid()
+           AND a.backend_start IS NOT DISTINCT FROM (SELECT s.backend_start FROM pg_catalog.pg_stat_activity AS s
+                                                      WHERE s.pid = pg_catalog.pg_backend_pid()))
+$$;
 
 CREATE FUNCTION df.in_workflow() RETURNS boolean
 LANGUAGE sql STABLE

@@ -150,7 +150,8 @@ BEGIN
     v_deadline := pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => timeout_seconds);
     LOOP
         IF v_status IN ('completed', 'failed', 'cancelled') THEN
-            RETURN v_status;
+            -- Remembered so that passing this value to a builder in the same statement is refused.
+            RETURN df._note_step_helper_v1('df.await_instance', v_status);
         END IF;
         IF pg_catalog.clock_timestamp() >= v_deadline THEN
             RAISE EXCEPTION 'Timeout after %s waiting for instance % (status: %). The instance is still running; '

@@ -203,11 +203,13 @@ BEGIN
     IF v_refusal IS NOT NULL THEN
         RAISE EXCEPTION '%', v_refusal USING ERRCODE = 'DF005';
     END IF;
-    INSERT INTO df.attempts AS a (instance_id, node_id, lease_token, secret_hash, backend_pid)
-    VALUES (p_instance_id, p_node_id, p_token, p_secret_hash, p_backend_pid)
+    INSERT INTO df.attempts AS a (instance_id, node_id, lease_token, secret_hash, backend_pid, backend_start)
+    VALUES (p_instance_id, p_node_id, p_token, p_secret_hash, p_backend_pid,
+            (SELECT s.backend_start FROM pg_catalog.pg_stat_activity AS s WHERE s.pid = p_backend_pid))
     ON CONFLICT (instance_id, node_id) DO UPDATE
        SET lease_token = EXCLUDED.lease_token, secret_hash = EXCLUDED.secret_hash,
-           backend_pid = EXCLUDED.backend_pid, started_at = pg_catalog.clock_timestamp();
+           backend_pid = EXCLUDED.backend_pid, backend_start = EXCLUDED.backend_start,
+           started_at = pg_catalog.clock_timestamp();
 END
 $$;
 
@@ -271,6 +273,34 @@ BEGIN
 END
 $$;
 
+-- A step in another database cannot reach df there: it runs at-least-once
+-- in autocommit and the worker records its result here, under its lease.
+CREATE FUNCTION df._checkpoint_remote_v1(p_instance_id text, p_node_id text, p_token uuid, p_result_text text,
+                                         p_status_details jsonb, p_expected_version bigint)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_version bigint;
+BEGIN
+    PERFORM df._hold_lease(p_instance_id, p_token);
+    UPDATE df.nodes AS n
+       SET status = 'completed', result_text = p_result_text, result = p_result_text::jsonb,
+           status_details = p_status_details, wake_at = NULL
+     WHERE n.instance_id = p_instance_id AND n.id = p_node_id AND n.status = 'running'
+       AND n.resource_version = p_expected_version
+       AND EXISTS (SELECT 1 FROM df.instances AS i WHERE i.id = p_instance_id AND i.status IN ('pending', 'running'))
+    RETURNING n.resource_version INTO v_version;
+    IF v_version IS NULL THEN
+        RAISE EXCEPTION 'durable: checkpoint refused: the node is no longer running this attempt'
+            USING ERRCODE = 'DF014';
+    END IF;
+    DELETE FROM df.attempts AS x WHERE x.instance_id = p_instance_id AND x.node_id = p_node_id;
+    RETURN v_version;
+END
+$$;
+
 -- df._in_workflow() (35_vars.sql) reads df.attempts.backend_pid, recorded by _begin_attempt_v1.
 
 -- Fire a test fault point at most once: disarm it and say whether it was armed.
@@ -290,13 +320,13 @@ BEGIN
 END
 $$;
 
-REVOKE EXECUTE ON FUNCTION df._fire_fault_v1(text), df._worker_settings_v1(), df._worker_register_v1(uuid, text, integer),
+REVOKE EXECUTE ON FUNCTION df._checkpoint_remote_v1(text, text, uuid, text, jsonb, bigint), df._fire_fault_v1(text), df._worker_settings_v1(), df._worker_register_v1(uuid, text, integer),
     df._worker_heartbeat_v1(uuid, boolean), df._worker_unregister_v1(uuid), df._claim_v1(uuid, integer),
     df._hold_lease(text, uuid), df._apply_v1(text, uuid, jsonb, jsonb, text, text, bigint),
     df._release_v1(text, uuid, timestamptz, bigint), df._nudges_v1(text),
     df._begin_attempt_v1(text, text, uuid, bytea, integer), df._end_attempt_v1(text, text, uuid)
     FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION df._fire_fault_v1(text), df._worker_settings_v1(), df._worker_register_v1(uuid, text, integer),
+GRANT EXECUTE ON FUNCTION df._checkpoint_remote_v1(text, text, uuid, text, jsonb, bigint), df._fire_fault_v1(text), df._worker_settings_v1(), df._worker_register_v1(uuid, text, integer),
     df._worker_heartbeat_v1(uuid, boolean), df._worker_unregister_v1(uuid), df._claim_v1(uuid, integer),
     df._apply_v1(text, uuid, jsonb, jsonb, text, text, bigint),
     df._release_v1(text, uuid, timestamptz, bigint), df._nudges_v1(text),

@@ -184,9 +184,10 @@ def _enter_workflow(db: psycopg.Connection, backend_pid: int) -> None:
     with db.transaction():
         db.execute("SET LOCAL session_replication_role = replica")
         db.execute(
-            """INSERT INTO df.attempts (instance_id, node_id, lease_token, secret_hash, backend_pid)
-               VALUES ('0000abcd', '0000abce', %s, '\\x00', %s)""",
-            (uuid.uuid4(), backend_pid),
+            """INSERT INTO df.attempts (instance_id, node_id, lease_token, secret_hash, backend_pid, backend_start)
+               VALUES ('0000abcd', '0000abce', %s, '\\x00', %s,
+                       (SELECT backend_start FROM pg_stat_activity WHERE pid = %s))""",
+            (uuid.uuid4(), backend_pid, backend_pid),
         )
 
 
@@ -258,3 +259,13 @@ def test_e2e_script(dsn: str, make_role: Callable[..., str]) -> None:
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_reused_pid_is_not_inside_a_workflow(db: psycopg.Connection, make_role: Callable[..., str],
+                                               connect_as: Connect) -> None:
+    conn = connect_as(make_role())
+    _enter_workflow(db, conn.info.backend_pid)
+    assert one(conn, "SELECT df.in_workflow()") is True
+    # An attempt row left by an earlier backend with the same pid (another start time) proves nothing.
+    db.execute("UPDATE df.attempts SET backend_start = backend_start - interval '1 hour'")
+    assert one(conn, "SELECT df.in_workflow()") is False

@@ -235,3 +235,34 @@ def test_worker_refuses_a_schema_it_was_not_built_for(db, worker_dsn, tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert "run `durable upgrade` first" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_dropped_submitter_fails_the_instance(db, make_role, connect_as, start_worker):
+    role = make_role("gone")
+    iid = connect_as(role).execute("SELECT df.start('SELECT 1')").fetchone()[0]
+    db.execute("SELECT df.revoke_usage(%s)", (role,))
+    db.execute(f'DROP OWNED BY "{role}"')
+    db.execute(f'DROP ROLE "{role}"')
+    start_worker()
+    deadline = time.monotonic() + 30
+    while db.execute("SELECT status FROM df.instances WHERE id = %s", (iid,)).fetchone()[0] != "failed":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert db.execute("SELECT output FROM df.instances WHERE id = %s", (iid,)).fetchone()[0] == \
+        "submitted_by role no longer exists in pg_roles"
+
+
+def test_a_step_in_another_database_runs_there(db, dsn, make_role, connect_as, start_worker):
+    role = make_role()
+    db.execute("DROP DATABASE IF EXISTS durable_other_db WITH (FORCE)")
+    db.execute(f'CREATE DATABASE durable_other_db OWNER "{role}"')
+    try:
+        alice = connect_as(role)
+        start_worker()
+        iid = alice.execute("SELECT df.start('SELECT current_database() AS db', database => 'durable_other_db')"
+                            ).fetchone()[0]
+        assert await_instance(alice, iid) == "completed", output(alice, iid)
+        assert json.loads(alice.execute("SELECT df.result(%s)", (iid,)).fetchone()[0])["rows"] == [
+            {"db": "durable_other_db"}]
+    finally:
+        db.execute("DROP DATABASE IF EXISTS durable_other_db WITH (FORCE)")
