@@ -10,7 +10,6 @@
 -- R-CHILD needs the raw text of each top-level member: the json type (not
 -- jsonb) keeps it, so json_each() is our scanner, in C.
 -- ---------------------------------------------------------------------------
-SET LOCAL ROLE durable_owner;
 
 -- ----- JSON helpers (serde_json's renderings) ------------------------------
 
@@ -974,5 +973,3 @@ CREATE FUNCTION df.loop_prefix_op(body text) RETURNS text
 LANGUAGE sql IMMUTABLE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$ SELECT df.loop(body) $$;
-
-RESET ROLE;

@@ -5,7 +5,6 @@
 -- statement here also filters on the caller explicitly, so a BYPASSRLS role
 -- reads and changes only its own variables through them.
 -- ---------------------------------------------------------------------------
-SET LOCAL ROLE durable_owner;
 
 -- Whether this backend is running a workflow step: the worker records each
 -- step's backend pid in df.attempts, which users cannot write (pg_durable's
@@ -79,5 +78,3 @@ BEGIN
     RETURN df._note_step_helper_v1('df.clearvars', 'OK');
 END
 $$;
-
-RESET ROLE;

@@ -8,7 +8,6 @@
 -- (SECURITY DEFINER) function; PUBLIC cannot execute it.
 -- ---------------------------------------------------------------------------
 
-SET LOCAL ROLE durable_owner;
 
 -- The root-loop generation (execution) a node's status_details stamp belongs
 -- to: the <gen> right after the instance id in "<id>::<gen>[::<child>::<gen>...]",

@@ -129,3 +129,16 @@ def test_every_errcode_has_a_python_class():
     script = "\n".join(p.read_text() for p in sorted((ROOT / "sql" / "src").glob("*.sql")))
     codes = set(re.findall(r"ERRCODE = '(DF\d{3})'", script))
     assert codes and codes <= set(all_sqlstates())
+
+
+def test_everything_in_df_is_owned_by_the_owner_role(db):
+    """Objects created as the installer would make SECURITY DEFINER code run as a superuser."""
+    functions = db.execute("""
+        SELECT p.oid::regprocedure::text FROM pg_proc p
+         WHERE p.pronamespace = 'df'::regnamespace AND pg_get_userbyid(p.proowner) <> 'durable_owner'
+    """).fetchall()
+    relations = db.execute("""
+        SELECT c.relname FROM pg_class c
+         WHERE c.relnamespace = 'df'::regnamespace AND pg_get_userbyid(c.relowner) <> 'durable_owner'
+    """).fetchall()
+    assert functions == [] and relations == []
