@@ -70,13 +70,13 @@ def main() -> int:
                 conn.execute(f'CREATE DATABASE "{dbname}"')
                 conn.execute(f'CREATE ROLE "{role}" LOGIN')
                 conn.execute(f'CREATE ROLE "{other}" LOGIN')
-                if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'e2e_worker'").fetchone():
-                    conn.execute("CREATE ROLE e2e_worker LOGIN IN ROLE durable_worker")
             params = conninfo_to_dict(admin)
             params["dbname"] = dbname
             dsn = make_conninfo(**params)
             schema.install(dsn)
             with psycopg.connect(dsn, autocommit=True) as conn:
+                if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'e2e_worker'").fetchone():
+                    conn.execute("CREATE ROLE e2e_worker LOGIN IN ROLE durable_worker")
                 conn.execute("SELECT df.grant_usage(%s, true)", (role,))
                 conn.execute("SELECT df.grant_usage(%s)", (other,))
                 conn.execute(f'GRANT CREATE ON SCHEMA public TO "{role}"')
