@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
-from durable.errors import ConflictError, DurableError
-
 __version__ = "0.1.0"
 
-__all__ = ["ConflictError", "DurableError", "__version__"]
+from durable.client import Client, connect  # noqa: E402
+from durable.errors import ConflictError, DurableError  # noqa: E402
+from durable.models import InstanceInfo, InstanceStatus, ListedInstance  # noqa: E402
+
+__all__ = [
+    "Client",
+    "ConflictError",
+    "DurableError",
+    "InstanceInfo",
+    "InstanceStatus",
+    "ListedInstance",
+    "__version__",
+    "connect",
+]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import NewType
+from typing import Any, NewType
 
 from pydantic import BaseModel, ConfigDict
 
@@ -59,6 +59,8 @@ class InstanceInfo(BaseModel):
     status: InstanceStatus
     output: str | None
     resource_version: int
+    labels: dict[str, str] = {}
+    annotations: dict[str, Any] = {}
 
 
 class ListedInstance(BaseModel):
@@ -76,3 +78,5 @@ class ListedInstance(BaseModel):
     completed_at: datetime | None
     next_cursor: str | None
     resource_version: int
+    labels: dict[str, str] = {}
+    annotations: dict[str, Any] = {}

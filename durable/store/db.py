@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator
 
 import psycopg
 from psycopg import errors as pg_errors
 
-from durable.errors import DurableError, class_for_sqlstate
+from durable.errors import ConflictError, DurableError, class_for_sqlstate
 
 Connection = psycopg.Connection
 
@@ -36,6 +37,10 @@ def wrap_errors() -> Iterator[None]:
         if cls is None:
             raise
         message = exc.diag.message_primary or str(exc)
+        if cls is ConflictError:
+            match = re.search(r"current resource_version: (\d+)", exc.diag.message_detail or "")
+            raise ConflictError(message, current_version=int(match[1]) if match else None,
+                                sqlstate=exc.sqlstate) from exc
         raise cls(message, sqlstate=exc.sqlstate) from exc
     except psycopg.OperationalError as exc:  # pragma: no cover - connection level, no sqlstate
         raise DurableError(str(exc).strip()) from exc
