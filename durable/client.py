@@ -18,6 +18,7 @@ from durable.errors import WaitTimeoutError
 from durable.models import InstanceInfo, InstanceStatus, ListedInstance
 from durable.store import connect as _connect
 from durable.store import wrap_errors
+from durable.store.db import start_expression_query
 
 TERMINAL = {InstanceStatus.COMPLETED, InstanceStatus.FAILED, InstanceStatus.CANCELLED}
 
@@ -103,19 +104,43 @@ class Client:
         return bool(self._one("SELECT df.delete_instance(%s, %s)", (instance_id, expected_resource_version)))
 
     def wait(self, instance_id: str, timeout: float = 30.0) -> InstanceStatus:
-        """Wait until the instance finishes; returns its final status."""
+        """Wait until the instance finishes; returns its final status.
+
+        Wakes on NOTIFY (the session registers as a waiter, so finishing
+        instances notify), and re-reads at least every second: a lost
+        notification only adds latency."""
         deadline = time.monotonic() + timeout
-        pause = 0.01
-        while True:
-            status = self.status(instance_id)
-            if status in TERMINAL:
-                assert status is not None
-                return status
-            if time.monotonic() >= deadline:
-                raise WaitTimeoutError(f"Timeout after {timeout:g}s waiting for instance {instance_id} "
-                                       f"(status: {status})")
-            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-            pause = min(pause * 1.5, 0.25)
+        with wrap_errors():
+            self._conn.execute("LISTEN durable_done")
+            self._conn.execute("SELECT df._wait_begin_v1()")
+        try:
+            while True:
+                status = self.status(instance_id)
+                if status in TERMINAL:
+                    assert status is not None
+                    return status
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise WaitTimeoutError(f"Timeout after {timeout:g}s waiting for instance {instance_id} "
+                                           f"(status: {status})")
+                with wrap_errors():
+                    for _ in self._conn.notifies(timeout=min(remaining, 1.0), stop_after=1):
+                        pass
+        finally:
+            with wrap_errors():
+                self._conn.execute("SELECT df._wait_end_v1()")
+                self._conn.execute("UNLISTEN durable_done")
+
+    def explain(self, what: str) -> str:
+        """df.explain: an instance id, an envelope, or a DSL expression (evaluated, then rolled back)."""
+        return str(self._one("SELECT df.explain(%s)", (what,)))
+
+    def start_dsl(self, expression: str, *, label: str | None = None) -> str:
+        """Start a workflow written in the SQL DSL, e.g. "'SELECT 1' ~> 'SELECT 2'".
+
+        The expression is SQL evaluated with this connection's own rights, as
+        if typed in psql; it is the caller's own code, not data."""
+        return str(self._one(start_expression_query(expression, label)))
 
 
 def connect(dsn: str | None = None) -> Client:

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from durable.errors import ConflictError, DurableError, class_for_sqlstate
 
@@ -44,3 +46,20 @@ def wrap_errors() -> Iterator[None]:
         raise cls(message, sqlstate=exc.sqlstate) from exc
     except psycopg.OperationalError as exc:  # pragma: no cover - connection level, no sqlstate
         raise DurableError(str(exc).strip()) from exc
+
+
+def start_expression_query(expression: str, label: str | None) -> sql.Composed:
+    """`SELECT df.start(<expression>, <label>)`: the expression is the caller's own SQL DSL code,
+    run with the caller's own rights (as typed in psql); the label is a bound literal."""
+    return sql.SQL("SELECT df.start({}, {})").format(sql.SQL(expression), sql.Literal(label))
+
+
+def dsn_with(dsn: str, **changes: str | None) -> str:
+    """The same connection string with some parameters replaced (None removes one)."""
+    params = conninfo_to_dict(dsn)
+    for key, value in changes.items():
+        if value is None:
+            params.pop(key, None)
+        else:
+            params[key] = value
+    return make_conninfo("", **params)

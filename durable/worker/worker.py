@@ -23,6 +23,10 @@ from durable.store.worker_db import Claim, WorkerDB
 
 log = logging.getLogger("durable.worker")
 
+# The oldest schema this worker runs against: every df._*_v1 function it calls exists there unchanged.
+# Raise it when the worker starts calling something newer.
+MIN_SCHEMA = "0.1.0"
+
 
 class Worker:
     def __init__(self, dsn: str | None, *, concurrency: int = 4, poll_interval: float = 1.0) -> None:
@@ -66,8 +70,8 @@ class Worker:
         if not versions:
             raise DurableError("durable is not installed in this database: run `durable install`")
         current = max(versions, key=parse_version)
-        if parse_version(current) < parse_version(wanted):
-            raise DurableError(f"the database has durable {current}; this worker needs {wanted}: "
+        if parse_version(current) < parse_version(MIN_SCHEMA):
+            raise DurableError(f"the database has durable {current}; this worker needs {MIN_SCHEMA} or newer: "
                                f"run `durable upgrade` first")
         if parse_version(current) > parse_version(wanted):
             raise DurableError(f"the database has durable {current}, newer than this worker ({wanted}): "

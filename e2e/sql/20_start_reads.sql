@@ -93,7 +93,7 @@ END $$;
 
 -- version, target_database, run
 DO $$ BEGIN
-    IF df.version() NOT LIKE '0.1.0 (built %' THEN RAISE EXCEPTION 'version %', df.version(); END IF;
+    IF df.version() !~ '^\d+\.\d+\.\d+ \(built ' THEN RAISE EXCEPTION 'version %', df.version(); END IF;
     IF df.target_database() <> current_database() THEN RAISE EXCEPTION 'target_database'; END IF;
     IF df.run() <> 'Triggered run for all pending instances' THEN RAISE EXCEPTION 'run'; END IF;
 END $$;

@@ -47,13 +47,17 @@ CREATE TABLE df.instances (
     transaction_mode  text    NOT NULL DEFAULT 'caller',
     output            text,          -- root result (column order kept) or the failure message
     execution_count   bigint  NOT NULL DEFAULT 1,  -- 1 + root loop restarts
+    labels            jsonb   NOT NULL DEFAULT '{}'::jsonb,   -- 0.2.0: string values, for selection
+    annotations       jsonb   NOT NULL DEFAULT '{}'::jsonb,   -- 0.2.0: any JSON, for tools
     CONSTRAINT instances_pkey PRIMARY KEY (id),
     CONSTRAINT instances_id_format_chk CHECK (id ~ '^[0-9a-f]{8}$'),
     CONSTRAINT instances_root_node_format_chk CHECK (root_node ~ '^[0-9a-f]{8}$'),
     CONSTRAINT instances_status_chk CHECK (status IN ('pending', 'running', 'completed', 'failed', 'cancelled')),
     CONSTRAINT instances_transaction_mode_chk CHECK (transaction_mode IN ('caller', 'new')),
     CONSTRAINT instances_completed_at_chk CHECK (completed_at IS NULL OR status = 'completed'),
-    CONSTRAINT instances_identity_key UNIQUE (id, submitted_by)
+    CONSTRAINT instances_identity_key UNIQUE (id, submitted_by),
+    CONSTRAINT instances_labels_chk CHECK (pg_catalog.jsonb_typeof(labels) = 'object'),
+    CONSTRAINT instances_annotations_chk CHECK (pg_catalog.jsonb_typeof(annotations) = 'object')
 );
 CREATE INDEX idx_instances_status ON df.instances (status, created_at DESC, id);
 CREATE INDEX idx_instances_created_at ON df.instances (created_at DESC, id);
@@ -183,6 +187,14 @@ CREATE TABLE df.workers (
     started_at    timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
     last_seen_at  timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
     idle          boolean     NOT NULL DEFAULT true
+);
+
+-- Sessions waiting for instances to finish (0.2.0): a finishing instance
+-- notifies only when someone waits.  A row names its own backend only.
+CREATE TABLE df.waiters (
+    pid            integer     NOT NULL PRIMARY KEY,
+    backend_start  timestamptz,
+    since          timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
 );
 
 -- One-use identity tickets.  A SECURITY INVOKER wrapper inserts one with the

@@ -21,14 +21,15 @@ $$;
 
 CREATE FUNCTION df.instance_info(instance_id text)
 RETURNS TABLE(instance_id text, label text, function_name text, function_version text,
-              current_execution_id bigint, status text, output text, resource_version bigint)
+              current_execution_id bigint, status text, output text, resource_version bigint,
+              labels jsonb, annotations jsonb)
 LANGUAGE sql STABLE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT i.id::text, i.label, 'pg_durable::orchestration::execute-function-graph'::text, '1.0.0'::text,
            i.execution_count, i.status,
            CASE WHEN i.status IN ('completed', 'failed') THEN i.output END,
-           i.resource_version
+           i.resource_version, i.labels, i.annotations
       FROM df.instances AS i
      WHERE i.id = instance_info.instance_id
 $$;
@@ -59,7 +60,7 @@ $$;
 
 CREATE FUNCTION df.list_instances(status_filter text DEFAULT NULL, limit_count integer DEFAULT 100)
 RETURNS TABLE(instance_id text, label text, function_name text, status text, execution_count bigint,
-              output text, resource_version bigint)
+              output text, resource_version bigint, labels jsonb, annotations jsonb)
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -68,7 +69,7 @@ BEGIN
     RETURN QUERY
     SELECT i.id::text, i.label, 'pg_durable::orchestration::execute-function-graph'::text, i.status,
            i.execution_count, CASE WHEN i.status IN ('completed', 'failed') THEN i.output END,
-           i.resource_version
+           i.resource_version, i.labels, i.annotations
       FROM df.instances AS i
      WHERE status_filter IS NULL OR i.status = status_filter
      ORDER BY i.created_at DESC
@@ -120,7 +121,7 @@ CREATE FUNCTION df.list_instances(status_filter text, limit_count integer, label
                                   after_cursor text DEFAULT NULL)
 RETURNS TABLE(instance_id text, label text, function_name text, status text, execution_count bigint,
               output text, created_at timestamptz, completed_at timestamptz, next_cursor text,
-              resource_version bigint)
+              resource_version bigint, labels jsonb, annotations jsonb)
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -154,7 +155,8 @@ BEGIN
     )
     SELECT n.id::text, n.label, 'pg_durable::orchestration::execute-function-graph'::text, n.status,
            n.execution_count, CASE WHEN n.status IN ('completed', 'failed') THEN n.output END,
-           n.created_at, n.completed_at, (SELECT cr.c FROM cursor_row AS cr), n.resource_version
+           n.created_at, n.completed_at, (SELECT cr.c FROM cursor_row AS cr), n.resource_version,
+           n.labels, n.annotations
       FROM numbered AS n
      WHERE n.rn <= limit_count
      ORDER BY n.created_at DESC, n.id ASC;
@@ -164,7 +166,7 @@ $$;
 CREATE FUNCTION df.version() RETURNS text
 LANGUAGE sql IMMUTABLE STRICT
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT '0.1.0 (built 2026-11-23T00:00:00Z)'::text $$;
+AS $$ SELECT '0.2.0 (built 2026-11-23T00:00:00Z)'::text $$;
 
 CREATE FUNCTION df.target_database() RETURNS text
 LANGUAGE sql STABLE STRICT PARALLEL SAFE

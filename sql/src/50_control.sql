@@ -41,35 +41,44 @@ END
 $$;
 REVOKE EXECUTE ON FUNCTION df._nudge_instance(text) FROM PUBLIC;
 
-CREATE FUNCTION df._cancel_v1(p_ticket uuid, p_instance_id text, p_reason text) RETURNS text
+CREATE FUNCTION df._cancel_v2(p_ticket uuid, p_instance_id text, p_reason text, p_expected bigint) RETURNS text
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     r df.instances := df._own_instance(df._caller(p_ticket), p_instance_id);
 BEGIN
+    PERFORM df._expect_version(r, p_expected);
     IF r.status IN ('completed', 'failed', 'cancelled') THEN
         RETURN pg_catalog.format('Instance %s is already %s', r.id, r.status);
     END IF;
     UPDATE df.instances AS i SET status = 'cancelled', output = p_reason WHERE i.id = r.id;
     PERFORM df._nudge_instance(r.id);
+    PERFORM df._notify_done();
     RETURN pg_catalog.format('Instance %s cancelled: %s', r.id, p_reason);
 END
 $$;
 
-CREATE FUNCTION df.cancel(instance_id text, reason text DEFAULT 'Cancelled by user') RETURNS text
-LANGUAGE plpgsql VOLATILE STRICT
+-- Not STRICT (a trailing parameter defaulting to NULL): pg_durable's own
+-- parameters keep STRICT behaviour by hand.
+CREATE FUNCTION df.cancel(instance_id text, reason text DEFAULT 'Cancelled by user',
+                          expected_resource_version bigint DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    IF instance_id IS NULL OR reason IS NULL THEN
+        RETURN NULL;
+    END IF;
     IF instance_id = '' THEN
         RAISE EXCEPTION 'Instance ID cannot be empty' USING ERRCODE = 'DF001';
     END IF;
-    RETURN df._cancel_v1(df._ticket(), instance_id, reason);
+    RETURN df._cancel_v2(df._ticket(), instance_id, reason, expected_resource_version);
 END
 $$;
 
-CREATE FUNCTION df._signal_v1(p_ticket uuid, p_instance_id text, p_name text, p_data text) RETURNS text
+CREATE FUNCTION df._signal_v2(p_ticket uuid, p_instance_id text, p_name text, p_data text, p_expected bigint)
+RETURNS text
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -77,6 +86,7 @@ DECLARE
     r      df.instances := df._own_instance(df._caller(p_ticket), p_instance_id);
     v_data text;
 BEGIN
+    PERFORM df._expect_version(r, p_expected);
     IF r.status IN ('completed', 'failed', 'cancelled') THEN
         RAISE EXCEPTION 'Failed to send signal: instance % has already finished (%): signal ''%'' was not delivered',
             r.id, r.status, p_name USING ERRCODE = 'DF008';
@@ -96,20 +106,58 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION df.signal(instance_id text, signal_name text, signal_data text DEFAULT '{}') RETURNS text
-LANGUAGE plpgsql VOLATILE STRICT
+CREATE FUNCTION df.signal(instance_id text, signal_name text, signal_data text DEFAULT '{}',
+                          expected_resource_version bigint DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    IF instance_id IS NULL OR signal_name IS NULL OR signal_data IS NULL THEN
+        RETURN NULL;
+    END IF;
     IF instance_id = '' THEN
         RAISE EXCEPTION 'Instance ID cannot be empty' USING ERRCODE = 'DF001';
     END IF;
     IF signal_name = '' THEN
         RAISE EXCEPTION 'Signal name cannot be empty' USING ERRCODE = 'DF001';
     END IF;
-    RETURN df._signal_v1(df._ticket(), instance_id, signal_name, signal_data);
+    RETURN df._signal_v2(df._ticket(), instance_id, signal_name, signal_data, expected_resource_version);
 END
 $$;
+
+-- Register / unregister the calling session as waiting for instances to
+-- finish (the Python client LISTENs on durable_done meanwhile).  Only ever
+-- the caller's own backend, so anyone may call them.
+CREATE FUNCTION df._wait_begin_v1() RETURNS void
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    DELETE FROM df.waiters AS w
+     WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity AS a WHERE a.pid = w.pid);
+    INSERT INTO df.waiters (pid, backend_start)
+    VALUES (pg_catalog.pg_backend_pid(),
+            (SELECT a.backend_start FROM pg_catalog.pg_stat_activity AS a WHERE a.pid = pg_catalog.pg_backend_pid()))
+    ON CONFLICT (pid) DO UPDATE SET backend_start = EXCLUDED.backend_start, since = pg_catalog.clock_timestamp();
+$$;
+
+CREATE FUNCTION df._wait_end_v1() RETURNS void
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ DELETE FROM df.waiters AS w WHERE w.pid = pg_catalog.pg_backend_pid(); $$;
+
+-- An instance finished: wake waiting clients, if there are any (at most one
+-- NOTIFY per transaction; the payload tells other roles nothing).
+CREATE FUNCTION df._notify_done() RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM df.waiters) THEN
+        PERFORM pg_catalog.pg_notify('durable_done', '');
+    END IF;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION df._notify_done() FROM PUBLIC;
 
 -- A function cannot receive notifications while it runs, so it polls, with
 -- a short interval that grows (10 ms up to 250 ms).

@@ -148,6 +148,7 @@ BEGIN
          WHERE i.id = p_instance_id;
         DELETE FROM df.instance_queue AS q WHERE q.instance_id = p_instance_id;
         DELETE FROM df.attempts AS a WHERE a.instance_id = p_instance_id;
+        PERFORM df._notify_done();
         v_status := p_status;
     ELSIF v_status = 'pending' OR p_execution_count IS DISTINCT FROM
             (SELECT i.execution_count FROM df.instances AS i WHERE i.id = p_instance_id) THEN

@@ -121,3 +121,20 @@ def test_cli_install_from_a_wheel_outside_the_checkout(empty_db, tmp_path):
     bad = subprocess.run([str(venv / "bin" / "durable"), "install", "--dsn", "host=/nonexistent dbname=x"],
                          cwd=elsewhere, capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.startswith("durable: error:") and "Traceback" not in bad.stderr
+
+
+def test_install_an_older_release_then_upgrade_with_the_cli(empty_db):
+    cli = [sys.executable, "-m", "durable.cli"]
+    out = subprocess.run([*cli, "install", "--dsn", empty_db, "--version", "0.1.0"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "installed durable 0.1.0", out.stderr
+    refused = subprocess.run([*cli, "install", "--dsn", empty_db], capture_output=True, text=True)
+    assert refused.returncode == 1 and "run `durable upgrade`" in refused.stderr
+    dry = subprocess.run([*cli, "upgrade", "--dsn", empty_db, "--dry-run"], capture_output=True, text=True)
+    assert dry.returncode == 0 and "ALTER TABLE df.instances" in dry.stdout
+    with psycopg.connect(empty_db) as conn:
+        assert schema.installed_version(conn) == "0.1.0"
+    up = subprocess.run([*cli, "upgrade", "--dsn", empty_db], capture_output=True, text=True)
+    newest = schema.Scripts.packaged().newest()
+    assert up.returncode == 0 and f"upgraded durable 0.1.0 -> {newest}" in up.stdout, up.stderr
+    with psycopg.connect(empty_db) as conn:
+        assert schema.installed_version(conn) == newest

@@ -30,7 +30,7 @@ def test_instance_info_columns_and_values(make_role, connect_as):
     cur = alice.execute("SELECT * FROM df.instance_info(%s)", (iid,))
     assert [c.name for c in cur.description] == [
         "instance_id", "label", "function_name", "function_version", "current_execution_id", "status", "output",
-        "resource_version"]
+        "resource_version", "labels", "annotations"]
     row = cur.fetchone()
     assert row[:7] == (iid, "lbl", FN, "1.0.0", 1, "pending", None)
     assert isinstance(row[7], int)
@@ -57,7 +57,8 @@ def test_list_instances_basic_form(make_role, connect_as):
     alice.execute("SELECT df.cancel(%s)", (ids[0],))
     cur = alice.execute("SELECT * FROM df.list_instances()")
     assert [c.name for c in cur.description] == [
-        "instance_id", "label", "function_name", "status", "execution_count", "output", "resource_version"]
+        "instance_id", "label", "function_name", "status", "execution_count", "output", "resource_version",
+        "labels", "annotations"]
     rows = cur.fetchall()
     assert {r[0] for r in rows} == set(ids)
     assert [r[0] for r in alice.execute("SELECT * FROM df.list_instances('cancelled')")] == [ids[0]]
@@ -134,7 +135,7 @@ def test_bad_cursors(make_role, connect_as, cursor):
 def test_version_target_database_and_run(make_role, connect_as):
     alice = connect_as(make_role())
     version = alice.execute("SELECT df.version()").fetchone()[0]
-    assert version.startswith("0.1.0 (built ")
+    assert version.startswith("0.2.0 (built ")
     assert alice.execute("SELECT df.target_database() = current_database()").fetchone()[0] is True
     assert alice.execute("SELECT df.run()").fetchone()[0] == "Triggered run for all pending instances"
     assert alice.execute("SELECT df.run('abcd1234')").fetchone()[0] == "Triggered run for instance: abcd1234"

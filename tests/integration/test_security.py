@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # it learns the caller from a ticket the caller inserted, checks a per-attempt secret, or only reads
 # facts the caller may know.  (SECURITY INVOKER helpers run with the caller's own rights.)
 PUBLIC_DEFINER = {
-    "_caller", "_start_v1", "_cancel_v1", "_signal_v1", "_run_v1", "_checkpoint_v1", "_now", "_in_workflow",
-    "_list_max_limit",
+    "_caller", "_start_v1", "_cancel_v2", "_signal_v2", "_run_v1", "_checkpoint_v1", "_now", "_in_workflow",
+    "_list_max_limit", "_set_metadata_v1", "_delete_instance_v1", "_wait_begin_v1", "_wait_end_v1",
 }
 
 
