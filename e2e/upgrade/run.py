@@ -98,6 +98,34 @@ def catalog_equal(h: Harness, old: str, newest: str) -> None:
     assert catalog.snapshot(upgraded) == before
 
 
+def failed_upgrade_changes_nothing(h: Harness, old: str, newest: str) -> None:
+    """An upgrade that fails half-way (here: at its last statement) leaves the old version intact."""
+    import shutil
+    import tempfile
+
+    dsn = h.database("half")
+    schema.install(dsn, version=old)
+    before = catalog.snapshot(dsn)
+    packaged = schema.Scripts.packaged()
+    broken = Path(tempfile.mkdtemp(prefix="durable-broken-"))
+    try:
+        shutil.copytree(packaged.install_dir, broken / "sql")
+        shutil.copytree(packaged.upgrade_dir, broken / "upgrades")
+        for (source, dest) in packaged.upgrade_path(old, newest):
+            path = broken / "upgrades" / f"durable--{source}--{dest}.sql"
+            path.write_text(path.read_text() + "\nSELECT 1 / 0;\n")
+        try:
+            schema.upgrade(dsn, to=newest, scripts=schema.Scripts(broken / "sql", broken / "upgrades"))
+            raise AssertionError("the broken upgrade succeeded")
+        except psycopg.errors.DivisionByZero:
+            pass
+    finally:
+        shutil.rmtree(broken)
+    with psycopg.connect(dsn) as conn:
+        assert schema.installed_version(conn) == old
+    assert catalog.snapshot(dsn) == before
+
+
 def worker_refuses_too_old(h: Harness) -> None:
     dsn = h.database("old")
     schema.install(dsn, version=released_versions()[0])
@@ -122,6 +150,10 @@ def in_flight_survive(h: Harness, old: str, newest: str) -> None:
                              "'INSERT INTO public.effects VALUES (2)', 'sleeping')").fetchone()[0]
         done = a.execute("SELECT df.start('SELECT 42 AS answer', 'done')").fetchone()[0]
         pending = a.execute("SELECT df.start('INSERT INTO public.effects VALUES (3)', 'pending')").fetchone()[0]
+        a.execute("CREATE TABLE public.rounds (n int)")
+        looping = a.execute("""SELECT df.start(df.loop(
+            ('INSERT INTO public.rounds SELECT count(*) + 1 FROM public.rounds RETURNING n' |=> 'r')
+            ~> df.if('SELECT $r >= 6', df.break('looped'), df.sleep(1))), 'looping')""").fetchone()[0]
         worker = subprocess.Popen([sys.executable, "-m", "durable.cli", "worker", "--dsn", h.worker_dsn(dsn)],
                                   cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
@@ -132,16 +164,22 @@ def in_flight_survive(h: Harness, old: str, newest: str) -> None:
                 assert time.monotonic() < deadline, "the sleeping instance never reached its sleep"
                 time.sleep(0.05)
             assert a.execute("SELECT df.status(%s)", (waiting,)).fetchone()[0] == "running"
+            while a.execute("SELECT count(*) FROM public.rounds").fetchone()[0] < 2:
+                assert time.monotonic() < deadline, "the loop never got going"
+                time.sleep(0.05)
             # Upgrade under the running worker: no draining.
             schema.upgrade(dsn, to=newest)
             a.execute("SELECT df.signal(%s, 'go')", (waiting,))
-            for iid in (waiting, sleeping, pending):
+            assert a.execute("SELECT count(*) FROM public.rounds").fetchone()[0] < 6, "the loop finished too early"
+            for iid in (waiting, sleeping, pending, looping):
                 assert a.execute("SELECT df.await_instance(%s, 60)", (iid,)).fetchone()[0] == "completed", iid
         finally:
             worker.terminate()
             _, err = worker.communicate(timeout=30)
         assert worker.returncode == 0, err[-2000:]
         assert a.execute("SELECT n FROM public.effects ORDER BY n").fetchall() == [(1,), (2,), (3,)]
+        assert a.execute("SELECT array_agg(n ORDER BY n) FROM public.rounds").fetchone()[0] == [1, 2, 3, 4, 5, 6]
+        assert json.loads(a.execute("SELECT df.result(%s)", (looping,)).fetchone()[0]) == "looped"
         assert json.loads(a.execute("SELECT df.result(%s)", (waiting,)).fetchone()[0])["rows"] == [{"who": "kept"}]
         assert a.execute("SELECT df.result(%s)", (done,)).fetchone()[0] == '{"rows": [{"answer": 42}], "row_count": 1}'
         assert a.execute("SELECT df.getvar('who')").fetchone()[0] == "'kept'"
@@ -195,6 +233,8 @@ def main() -> int:
         h.check("the worker refuses a schema older than it supports", lambda: worker_refuses_too_old(h))
         for old in older:
             h.check(f"A: {old} upgraded to {newest} equals a fresh {newest}", lambda o=old: catalog_equal(h, o, newest))
+            h.check(f"A: a failing {old} -> {newest} upgrade leaves {old} intact",
+                    lambda o=old: failed_upgrade_changes_nothing(h, o, newest))
             h.check(f"B: {old} in-flight instances survive the upgrade to {newest}",
                     lambda o=old: in_flight_survive(h, o, newest))
     finally:
