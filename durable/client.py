@@ -2,7 +2,7 @@
 
     import durable
     with durable.connect("postgresql://app@db/app") as client:
-        iid = client.start("'SELECT 1' ~> 'SELECT 2'", label="demo")
+        iid = client.start_dsl("'SELECT 1' ~> 'SELECT 2'", label="demo")
         client.wait(iid, timeout=30)
         print(client.result(iid))
 """
@@ -51,8 +51,8 @@ class Client:
 
     # -- start and read ------------------------------------------------------------------------
     def start(self, graph: Any, *, label: str | None = None, database: str | None = None) -> str:
-        """Start a workflow from an envelope (a builder from durable.graph, or its JSON text), or from
-        plain SQL text (one SQL step)."""
+        """Start a workflow from an envelope (its JSON text, or an object whose str() is one), or from
+        plain SQL text (one SQL step).  For the SQL DSL's operators use start_dsl()."""
         envelope = graph if isinstance(graph, str) else str(graph)
         return str(self._one("SELECT df.start(%s, %s, %s)", (envelope, label, database)))
 

@@ -3042,6 +3042,14 @@ BEGIN
 END
 $$;
 
+-- Why an instance's submitter may not run steps (any more), or NULL: asked
+-- when a login as the submitter fails, so a role made NOLOGIN or dropped
+-- fails the instance instead of being retried forever.
+CREATE FUNCTION df._submitter_refusal_v1(p_instance_id text) RETURNS text
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT df._submitter_refusal(i.submitted_by) FROM df.instances AS i WHERE i.id = p_instance_id $$;
+
 -- The secret dies with any attempt that did not checkpoint.
 CREATE FUNCTION df._end_attempt_v1(p_instance_id text, p_node_id text, p_token uuid) RETURNS void
 LANGUAGE sql VOLATILE SECURITY DEFINER
@@ -3149,13 +3157,13 @@ BEGIN
 END
 $$;
 
-REVOKE EXECUTE ON FUNCTION df._checkpoint_remote_v1(text, text, uuid, text, jsonb, bigint), df._fire_fault_v1(text), df._worker_settings_v1(), df._worker_register_v1(uuid, text, integer),
+REVOKE EXECUTE ON FUNCTION df._submitter_refusal_v1(text), df._checkpoint_remote_v1(text, text, uuid, text, jsonb, bigint), df._fire_fault_v1(text), df._worker_settings_v1(), df._worker_register_v1(uuid, text, integer),
     df._worker_heartbeat_v1(uuid, boolean), df._worker_unregister_v1(uuid), df._claim_v1(uuid, integer),
     df._hold_lease(text, uuid), df._apply_v1(text, uuid, jsonb, jsonb, text, text, bigint),
     df._release_v1(text, uuid, timestamptz, bigint), df._nudges_v1(text),
     df._begin_attempt_v1(text, text, uuid, bytea, integer), df._end_attempt_v1(text, text, uuid)
     FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION df._checkpoint_remote_v1(text, text, uuid, text, jsonb, bigint), df._fire_fault_v1(text), df._worker_settings_v1(), df._worker_register_v1(uuid, text, integer),
+GRANT EXECUTE ON FUNCTION df._submitter_refusal_v1(text), df._checkpoint_remote_v1(text, text, uuid, text, jsonb, bigint), df._fire_fault_v1(text), df._worker_settings_v1(), df._worker_register_v1(uuid, text, integer),
     df._worker_heartbeat_v1(uuid, boolean), df._worker_unregister_v1(uuid), df._claim_v1(uuid, integer),
     df._apply_v1(text, uuid, jsonb, jsonb, text, text, bigint),
     df._release_v1(text, uuid, timestamptz, bigint), df._nudges_v1(text),

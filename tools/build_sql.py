@@ -1,7 +1,7 @@
 """Assemble sql/durable--<version>.sql from the parts in sql/src/.
 
 The parts are the source of the newest install script only; a released
-script is frozen (tests/integration/test_release.py compares it with its tag),
+script is frozen (tests/unit/test_release.py compares it with its tag),
 so a later schema change bumps the version and adds an upgrades/ script.
 
     python tools/build_sql.py          # write the file

@@ -292,6 +292,15 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION df._submitter_refusal_v1(p_instance_id text) RETURNS text
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT df._submitter_refusal(i.submitted_by) FROM df.instances AS i WHERE i.id = p_instance_id $$;
+
+REVOKE EXECUTE ON FUNCTION df._submitter_refusal_v1(text) FROM PUBLIC;
+
+GRANT EXECUTE ON FUNCTION df._submitter_refusal_v1(text) TO durable_worker;
+
 -- ---------------------------------------------------------------------------
 -- Compare-and-swap for clients (like HTTP If-Match) and instance metadata.
 -- Every client-facing mutation takes an optional expected_resource_version:

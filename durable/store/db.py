@@ -36,6 +36,8 @@ def wrap_errors() -> Iterator[None]:
         yield
     except pg_errors.Error as exc:
         cls = class_for_sqlstate(getattr(exc, "sqlstate", None))
+        if cls is None and isinstance(exc, psycopg.OperationalError) and not getattr(exc, "sqlstate", None):
+            raise DurableError(" ".join(str(exc).split())) from exc  # cannot connect: no server answer
         if cls is None:
             raise
         message = exc.diag.message_primary or str(exc)
@@ -44,8 +46,6 @@ def wrap_errors() -> Iterator[None]:
             raise ConflictError(message, current_version=int(match[1]) if match else None,
                                 sqlstate=exc.sqlstate) from exc
         raise cls(message, sqlstate=exc.sqlstate) from exc
-    except psycopg.OperationalError as exc:  # pragma: no cover - connection level, no sqlstate
-        raise DurableError(str(exc).strip()) from exc
 
 
 def start_expression_query(expression: str, label: str | None) -> sql.Composed:

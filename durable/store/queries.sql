@@ -58,6 +58,10 @@ SELECT df._nudges_v1(%(instance_id)s)
 -- Register an attempt of a SQL step: hashed secret and the step's backend.
 SELECT df._begin_attempt_v1(%(instance_id)s, %(node_id)s, %(token)s, %(secret_hash)s, %(backend_pid)s)
 
+-- name: submitter_refusal --
+-- Why the instance's submitter may not run steps, or NULL.
+SELECT df._submitter_refusal_v1(%(instance_id)s)
+
 -- name: end_attempt --
 -- Kill the secret of an attempt that did not checkpoint.
 SELECT df._end_attempt_v1(%(instance_id)s, %(node_id)s, %(token)s)

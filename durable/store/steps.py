@@ -126,8 +126,16 @@ class StepRunner:
                 "steps: each step already runs in its own transaction"))
         try:
             pool = self._pool(role, database)
+            if not pool.get_stats().get("pool_available", 0):
+                # A new login is coming: a role made NOLOGIN (or worse) is refused now, not after a timeout.
+                refusal = self._refusal(claim)
+                if refusal is not None:
+                    return StepResult(Outcome.REFUSED, message=refusal)
             conn = pool.getconn()
-        except Exception as exc:  # noqa: BLE001 - any connect failure: try again later
+        except Exception as exc:  # noqa: BLE001 - any connect failure: refused for good, or try again later
+            refusal = self._refusal(claim)
+            if refusal is not None:
+                return StepResult(Outcome.REFUSED, message=refusal)
             return StepResult(Outcome.RETRY, message=f"cannot connect as {role}: {str(exc).strip()}")
         try:
             return self._run_on(conn, claim, node_id, sql_text, status_details, expected_version, timeout_ms,
@@ -135,6 +143,14 @@ class StepRunner:
         finally:
             register(None)
             pool.putconn(conn)  # a broken connection is discarded, a good one reset (DISCARD ALL)
+
+    def _refusal(self, claim: Claim) -> str | None:
+        """Why the submitter may not run steps, or None (also when it cannot be told: the database may
+        be down, or a 0.1.0 schema lacks the function; the login attempt then decides)."""
+        try:
+            return self.db.submitter_refusal(claim.instance_id)
+        except Exception:  # noqa: BLE001
+            return None
 
     def _run_on(self, conn: psycopg.Connection[Any], claim: Claim, node_id: str, sql_text: str,
                 status_details: dict[str, Any] | None, expected_version: int, timeout_ms: int,

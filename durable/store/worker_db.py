@@ -108,6 +108,10 @@ class WorkerDB:
         self._one("begin_attempt", {"instance_id": claim.instance_id, "node_id": node_id, "token": claim.token,
                                     "secret_hash": secret_hash, "backend_pid": backend_pid})
 
+    def submitter_refusal(self, instance_id: str) -> str | None:
+        value = self._one("submitter_refusal", {"instance_id": instance_id})
+        return None if value is None else str(value)
+
     def end_attempt(self, claim: Claim, node_id: str) -> None:
         self._one("end_attempt", {"instance_id": claim.instance_id, "node_id": node_id, "token": claim.token})
 

@@ -266,3 +266,17 @@ def test_a_step_in_another_database_runs_there(db, dsn, make_role, connect_as, s
             {"db": "durable_other_db"}]
     finally:
         db.execute("DROP DATABASE IF EXISTS durable_other_db WITH (FORCE)")
+
+
+def test_a_submitter_made_nologin_before_its_first_step_fails_the_instance(db, make_role, connect_as,
+                                                                          start_worker):
+    role = make_role("nologin")
+    iid = connect_as(role).execute("SELECT df.start('SELECT 1')").fetchone()[0]
+    db.execute(f'ALTER ROLE "{role}" NOLOGIN')  # the worker has no pooled connection for it yet
+    start_worker()
+    deadline = time.monotonic() + 15
+    while db.execute("SELECT status FROM df.instances WHERE id = %s", (iid,)).fetchone()[0] != "failed":
+        assert time.monotonic() < deadline, "the refused submitter was retried instead of failing"
+        time.sleep(0.05)
+    assert "does not have LOGIN privilege" in db.execute("SELECT output FROM df.instances WHERE id = %s",
+                                                          (iid,)).fetchone()[0]
