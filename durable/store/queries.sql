@@ -74,6 +74,11 @@ SELECT df._fire_fault_v1(%(name)s)
 -- On the submitter's connection, first in the step's transaction: its statement timeout.
 SELECT pg_catalog.set_config('statement_timeout', %(timeout)s, true), pg_catalog.pg_current_xact_id()
 
+-- name: step_prepare_session --
+-- On the submitter's connection, for a step run outside a transaction block: its statement timeout
+-- (session-level; the pool's DISCARD ALL resets it).
+SELECT pg_catalog.set_config('statement_timeout', %(timeout)s, false)
+
 -- name: step_guard --
 -- On the submitter's connection, right before the checkpoint: nothing the step left may steer it
 -- (a role it SET goes back to the login role, which is the submitter).

@@ -203,7 +203,7 @@ class StepRunner:
         conn.rollback()
         conn.autocommit = True
         try:
-            conn.execute(query("step_prepare").replace("true)", "false)", 1), {"timeout": f"{timeout_ms}ms"})
+            conn.execute(query("step_prepare_session"), {"timeout": f"{timeout_ms}ms"})
             cur = conn.cursor()
             cur.execute(sql_text.encode(), binary=True)
             result_text = results.rows_json(cur)
@@ -221,7 +221,7 @@ class StepRunner:
         try:
             conn.autocommit = True
             try:
-                conn.execute(query("step_prepare").replace("true)", "false)", 1), {"timeout": f"{timeout_ms}ms"})
+                conn.execute(query("step_prepare_session"), {"timeout": f"{timeout_ms}ms"})
                 cur = conn.cursor()
                 cur.execute(sql_text.encode(), binary=True)
                 result_text = results.rows_json(cur)
