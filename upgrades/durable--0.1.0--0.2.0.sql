@@ -13,6 +13,8 @@ CREATE TABLE df.waiters (
     since          timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
 );
 REVOKE ALL ON df.waiters FROM PUBLIC;
+
+INSERT INTO df.settings (key, value) VALUES ('max_result_bytes', '67108864') ON CONFLICT (key) DO NOTHING;
 ALTER TABLE df.instances
     ADD COLUMN labels jsonb NOT NULL DEFAULT '{}'::jsonb,
     ADD COLUMN annotations jsonb NOT NULL DEFAULT '{}'::jsonb,
@@ -296,6 +298,172 @@ CREATE FUNCTION df._submitter_refusal_v1(p_instance_id text) RETURNS text
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$ SELECT df._submitter_refusal(i.submitted_by) FROM df.instances AS i WHERE i.id = p_instance_id $$;
+
+CREATE OR REPLACE FUNCTION df._worker_heartbeat_v1(p_worker uuid, p_idle boolean) RETURNS integer
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_lease interval := pg_catalog.make_interval(secs => COALESCE(df._setting('lease_seconds')::double precision, 30));
+    v_count integer;
+BEGIN
+    UPDATE df.workers AS w SET last_seen_at = pg_catalog.clock_timestamp(), idle = p_idle
+     WHERE w.worker_id = p_worker;
+    IF NOT FOUND THEN
+        INSERT INTO df.workers (worker_id, idle) VALUES (p_worker, p_idle);
+    END IF;
+    -- Row by row, skipping rows someone holds locked (a user transaction that
+    -- signalled an instance and stays open): one tenant can stall the lease of
+    -- its own instance, never the leases of everybody else on this worker.
+    -- A skipped row cannot be taken over meanwhile: claims skip locked rows too.
+    UPDATE df.instance_queue AS q SET lease_expires_at = pg_catalog.clock_timestamp() + v_lease
+     WHERE q.instance_id IN (SELECT x.instance_id FROM df.instance_queue AS x
+                              WHERE x.lease_worker = p_worker AND x.lease_expires_at > pg_catalog.clock_timestamp()
+                                FOR NO KEY UPDATE SKIP LOCKED);
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    RETURN v_count;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION df._checkpoint_v1(p_instance_id text, p_node_id text, p_secret text, p_result_text text,
+                                  p_status_details jsonb, p_expected_version bigint)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    a df.attempts;
+    v_version bigint;
+BEGIN
+    SELECT * INTO a FROM df.attempts AS x
+     WHERE x.instance_id = p_instance_id AND x.node_id = p_node_id FOR UPDATE;
+    IF NOT FOUND OR a.secret_hash <> pg_catalog.sha256(pg_catalog.convert_to(p_secret, 'UTF8'))
+       OR a.backend_pid IS DISTINCT FROM pg_catalog.pg_backend_pid() THEN
+        RAISE EXCEPTION 'durable: checkpoint refused' USING ERRCODE = 'DF014';
+    END IF;
+    -- KEY SHARE: a takeover's claim (FOR UPDATE) waits for this transaction,
+    -- heartbeats (non-key updates) do not.
+    PERFORM 1 FROM df.instance_queue AS q
+      WHERE q.instance_id = p_instance_id AND q.lease_token = a.lease_token
+        AND q.lease_expires_at > pg_catalog.clock_timestamp()
+        FOR KEY SHARE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'durable: checkpoint refused: the lease was lost' USING ERRCODE = 'DF014';
+    END IF;
+    -- SHARE on the instance orders this commit against df.cancel's update:
+    -- no step effect commits after a cancel returned.  The step must run on a
+    -- session of the submitter itself.
+    PERFORM 1 FROM df.instances AS i
+      WHERE i.id = p_instance_id AND i.status IN ('pending', 'running')
+        AND i.submitted_by = pg_catalog.quote_ident(session_user)::regrole
+        FOR SHARE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'durable: checkpoint refused: the instance is no longer running, or this session is '
+                        'not its submitter' USING ERRCODE = 'DF014';
+    END IF;
+    UPDATE df.nodes AS n
+       SET status = 'completed', result_text = p_result_text, result = p_result_text::jsonb,
+           status_details = p_status_details, wake_at = NULL
+     WHERE n.instance_id = p_instance_id AND n.id = p_node_id AND n.status = 'running'
+       AND n.resource_version = p_expected_version
+    RETURNING n.resource_version INTO v_version;
+    IF v_version IS NULL THEN
+        RAISE EXCEPTION 'durable: checkpoint refused: the node is no longer running this attempt'
+            USING ERRCODE = 'DF014';
+    END IF;
+    DELETE FROM df.attempts AS x WHERE x.instance_id = p_instance_id AND x.node_id = p_node_id;
+    RETURN v_version;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION df._start_v1(p_ticket uuid, p_fut text, p_label text, p_database text, p_mode text)
+RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_mode      text := pg_catalog.lower(p_mode);
+    v_env       jsonb;
+    v_graph     jsonb;
+    v_caller    regrole;
+    v_refusal   text;
+    v_base      bigint := (pg_catalog.random() * 4294967296)::bigint % 4294967296;
+    v_space     bigint := COALESCE(df._setting('id_space')::bigint, 4294967296);
+    v_attempts  integer := COALESCE(df._setting('max_id_attempts')::integer, 10);
+    v_id        varchar(8);
+    v_try       integer;
+BEGIN
+    IF v_mode IS NULL OR v_mode NOT IN ('caller', 'new') THEN
+        RAISE EXCEPTION 'invalid transaction_mode "%" for df.start(): expected ''caller'' or ''new''', p_mode
+            USING ERRCODE = 'DF001';
+    END IF;
+    IF v_mode = 'new' THEN
+        RAISE EXCEPTION 'df.start(): transaction_mode => ''new'' is not supported yet; use ''caller'' (the default)'
+            USING ERRCODE = 'DF007';
+    END IF;
+    v_env := df._ensure_strict_v1(p_fut);
+    IF p_database IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_database AS d WHERE d.datname = p_database) THEN
+        RAISE EXCEPTION 'database "%" does not exist', p_database USING ERRCODE = 'DF001';
+    END IF;
+    v_caller := df._caller(p_ticket);
+    v_refusal := df._submitter_refusal(v_caller);
+    IF v_refusal IS NOT NULL THEN
+        RAISE EXCEPTION '%', v_refusal USING ERRCODE = 'DF005';
+    END IF;
+
+    -- Validate and flatten before anything is written (no temp table: a
+    -- caller could plant one with a trigger that would run as the owner).
+    SELECT pg_catalog.jsonb_agg(pg_catalog.to_jsonb(f)) INTO v_graph FROM df._flatten_v1(v_env) AS f;
+
+    -- Claim an id: insert-on-conflict-do-nothing, re-rolled on collision.
+    FOR v_try IN 1 .. v_attempts LOOP
+        v_id := pg_catalog.lpad(pg_catalog.to_hex(((pg_catalog.random() * v_space)::bigint % v_space)), 8, '0');
+        INSERT INTO df.instances AS i (id, label, root_node, status, submitted_by, database, transaction_mode)
+        VALUES (v_id, p_label, df._node_id(v_base, 1), 'pending', v_caller, p_database, v_mode)
+        ON CONFLICT (id) DO NOTHING
+        RETURNING i.id INTO v_id;
+        EXIT WHEN v_id IS NOT NULL;
+    END LOOP;
+    IF v_id IS NULL THEN
+        -- The detail does not say how many ids are in use: that counts other roles' instances.
+        RAISE EXCEPTION 'Failed to create instance: exhausted % attempts to find a free instance id', v_attempts
+            USING ERRCODE = 'DF006',
+                  DETAIL = pg_catalog.format('The id space holds %s ids and is nearly full '
+                                             '(df.metrics() shows how full).', v_space),
+                  HINT = 'Delete finished instances to free ids.';
+    END IF;
+
+    INSERT INTO df.nodes (id, instance_id, node_type, query, result_name, left_node, right_node,
+                          submitted_by, database, parent_id, slot)
+    SELECT df._node_id(v_base, g.ord), v_id, g.node_type,
+           CASE
+               WHEN g.cond_ord IS NOT NULL
+                   THEN pg_catalog.json_build_object('condition_node', df._node_id(v_base, g.cond_ord))::text
+               WHEN COALESCE(pg_catalog.cardinality(g.extra_ords), 0) > 0
+                   THEN pg_catalog.json_build_object('extra_nodes',
+                        (SELECT pg_catalog.array_agg(df._node_id(v_base, e) ORDER BY k)
+                           FROM pg_catalog.unnest(g.extra_ords) WITH ORDINALITY AS x(e, k)))::text
+               ELSE g.query
+           END,
+           g.result_name,
+           CASE WHEN g.left_ord IS NOT NULL THEN df._node_id(v_base, g.left_ord) END,
+           CASE WHEN g.right_ord IS NOT NULL THEN df._node_id(v_base, g.right_ord) END,
+           v_caller, p_database,
+           CASE WHEN g.parent_ord IS NOT NULL THEN df._node_id(v_base, g.parent_ord) END,
+           g.slot
+      FROM pg_catalog.jsonb_to_recordset(v_graph) AS g(ord integer, parent_ord integer, slot text,
+               node_type text, query text, result_name text, left_ord integer, right_ord integer,
+               cond_ord integer, extra_ords integer[]);
+
+    INSERT INTO df.instance_vars (instance_id, name, value)
+    SELECT v_id, v.name, v.value FROM df.vars AS v WHERE v.owner = v_caller AND v.value IS NOT NULL;
+
+    INSERT INTO df.instance_queue (instance_id, wake_at) VALUES (v_id, pg_catalog.clock_timestamp());
+    PERFORM df._wake_workers();
+    RETURN v_id;
+END
+$$;
 
 REVOKE EXECUTE ON FUNCTION df._submitter_refusal_v1(text) FROM PUBLIC;
 

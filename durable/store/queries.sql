@@ -71,13 +71,21 @@ SELECT df._end_attempt_v1(%(instance_id)s, %(node_id)s, %(token)s)
 SELECT df._fire_fault_v1(%(name)s)
 
 -- name: step_prepare --
--- On the submitter's connection, first in the step's transaction: its statement timeout.
-SELECT pg_catalog.set_config('statement_timeout', %(timeout)s, true), pg_catalog.pg_current_xact_id()
+-- On the submitter's connection, first in the step's transaction: its statement timeout, and the
+-- string syntax the substitution quoted for (a role or database default could turn it off).
+SELECT pg_catalog.set_config('statement_timeout', %(timeout)s, true), pg_catalog.pg_current_xact_id(),
+       pg_catalog.set_config('standard_conforming_strings', 'on', true)
 
 -- name: step_prepare_session --
 -- On the submitter's connection, for a step run outside a transaction block: its statement timeout
--- (session-level; the pool's DISCARD ALL resets it).
-SELECT pg_catalog.set_config('statement_timeout', %(timeout)s, false)
+-- and string syntax (session-level; the pool's DISCARD ALL resets them).
+SELECT pg_catalog.set_config('statement_timeout', %(timeout)s, false),
+       pg_catalog.set_config('standard_conforming_strings', 'on', false)
+
+-- name: step_constraints --
+-- Fire the step's deferred constraints and triggers now, under the step's own timeout, not at COMMIT
+-- after the checkpoint took its locks.
+SET CONSTRAINTS ALL IMMEDIATE
 
 -- name: step_guard --
 -- On the submitter's connection, right before the checkpoint: nothing the step left may steer it

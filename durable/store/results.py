@@ -146,8 +146,13 @@ def compact_json(text: str) -> str:
     return json.dumps(json.loads(text), ensure_ascii=False, separators=(",", ":"))
 
 
-def rows_json(cursor: psycopg.Cursor[Any]) -> str:
-    """The result of a step's statement as order-preserving JSON text."""
+class ResultTooLarge(Exception):
+    pass
+
+
+def rows_json(cursor: psycopg.Cursor[Any], max_bytes: int = 64 * 1024 * 1024) -> str:
+    """The result of a step's statement as order-preserving JSON text (at most `max_bytes` of it:
+    a larger result fails the step instead of the worker)."""
     if cursor.description is None:
         return '{"rows":[],"row_count":0}'
     columns = [(c.name, c.type_code) for c in cursor.description]
@@ -158,11 +163,18 @@ def rows_json(cursor: psycopg.Cursor[Any]) -> str:
                 f"Unsupported column type '{type_name}' for column '{name}'. Supported types: {_SUPPORTED_LIST}."
             )
     rendered: list[str] = []
-    for row in cursor.fetchall():
-        fields: dict[str, str] = {}
-        for (name, oid), value in zip(columns, row, strict=True):
-            fields[name] = _json_value(value, oid)
-        rendered.append("{" + ",".join(f"{json.dumps(k, ensure_ascii=False)}:{v}" for k, v in fields.items()) + "}")
+    size = 0
+    while batch := cursor.fetchmany(1000):
+        for row in batch:
+            fields: dict[str, str] = {}
+            for (name, oid), value in zip(columns, row, strict=True):
+                fields[name] = _json_value(value, oid)
+            text = "{" + ",".join(f"{json.dumps(k, ensure_ascii=False)}:{v}" for k, v in fields.items()) + "}"
+            size += len(text) + 1
+            if size > max_bytes:
+                raise ResultTooLarge(f"the step's result is larger than {max_bytes} bytes (the max_result_bytes "
+                                     "setting): return fewer rows or smaller values")
+            rendered.append(text)
     return '{"rows":[' + ",".join(rendered) + '],"row_count":' + str(len(rendered)) + "}"
 
 

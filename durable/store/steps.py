@@ -76,7 +76,9 @@ class StepRunner:
     """Per-submitter connection pools and the step protocol."""
 
     def __init__(self, dsn: str, db: WorkerDB, *, max_per_role: int = 10,
-                 fault: Callable[[str], None] = lambda name: None) -> None:
+                 fault: Callable[[str], None] = lambda name: None,
+                 max_result_bytes: int = 64 * 1024 * 1024) -> None:
+        self.max_result_bytes = max_result_bytes
         self.base = conninfo_to_dict(dsn)
         self.home_database = str(self.base.get("dbname") or "")
         self.db = db
@@ -186,9 +188,10 @@ class StepRunner:
             try:
                 cur = conn.cursor()
                 cur.execute(sql_text.encode(), binary=True)  # extended protocol: one statement only
-                result_text = results.rows_json(cur)
+                result_text = results.rows_json(cur, self.max_result_bytes)
             except (pg_errors.ActiveSqlTransaction, pg_errors.InvalidTransactionTermination) as exc:
                 raise _NotInTransactionBlock() from exc
+            conn.execute(query("step_constraints"))
             self.fault("after_statement")
             guard_xid = _row(conn.execute(query("step_guard")))[4]
             if guard_xid != xid:
@@ -206,7 +209,7 @@ class StepRunner:
             conn.execute(query("step_prepare_session"), {"timeout": f"{timeout_ms}ms"})
             cur = conn.cursor()
             cur.execute(sql_text.encode(), binary=True)
-            result_text = results.rows_json(cur)
+            result_text = results.rows_json(cur, self.max_result_bytes)
         finally:
             conn.autocommit = False
         with conn.transaction():
@@ -224,7 +227,7 @@ class StepRunner:
                 conn.execute(query("step_prepare_session"), {"timeout": f"{timeout_ms}ms"})
                 cur = conn.cursor()
                 cur.execute(sql_text.encode(), binary=True)
-                result_text = results.rows_json(cur)
+                result_text = results.rows_json(cur, self.max_result_bytes)
             finally:
                 conn.autocommit = False
         except BaseException as exc:
@@ -242,7 +245,7 @@ class StepRunner:
             self.db.end_attempt(claim, node_id)
         except Exception:  # noqa: BLE001 - the lease may be gone; the attempt dies with it
             pass
-        if isinstance(exc, results.UnsupportedColumn):
+        if isinstance(exc, (results.UnsupportedColumn, results.ResultTooLarge)):
             return StepResult(Outcome.FAILED, message=str(exc))
         if isinstance(exc, _StepEscaped):
             return StepResult(Outcome.FAILED, message=str(exc))

@@ -151,7 +151,8 @@ class Worker:
         self.check_schema()
         self.refresh_settings()
         self.steps = StepRunner(self.dsn, self.db, max_per_role=int(self.setting("max_user_connections", 10)),
-                                fault=self.fault)
+                                fault=self.fault,
+                                max_result_bytes=int(self.setting("max_result_bytes", 64 * 1024 * 1024)))
         self.db.register(self.worker_id, socket.gethostname(), os.getpid())
         self._supervised("heartbeat", self._heartbeat_loop)
         self._supervised("listener", self._listen_loop)

@@ -24,6 +24,7 @@ INSERT INTO df.settings (key, value) VALUES
     ('loop_max_iterations', '100000'),
     ('statement_timeout_ms', '0'),
     ('max_user_connections', '10'),       -- per worker, per submitter role and database
+    ('max_result_bytes', '67108864'),     -- 0.2.0: a larger SQL step result fails the step
     ('max_id_attempts', '10'),
     ('id_space', '4294967296'),           -- tests shrink it to force collisions
     ('fake_now', NULL),                   -- tests set it to fake df._now()

@@ -76,10 +76,11 @@ BEGIN
         EXIT WHEN v_id IS NOT NULL;
     END LOOP;
     IF v_id IS NULL THEN
+        -- The detail does not say how many ids are in use: that counts other roles' instances.
         RAISE EXCEPTION 'Failed to create instance: exhausted % attempts to find a free instance id', v_attempts
             USING ERRCODE = 'DF006',
-                  DETAIL = pg_catalog.format('%s of the %s possible instance ids are in use.',
-                                             (SELECT pg_catalog.count(*) FROM df.instances), v_space),
+                  DETAIL = pg_catalog.format('The id space holds %s ids and is nearly full '
+                                             '(df.metrics() shows how full).', v_space),
                   HINT = 'Delete finished instances to free ids.';
     END IF;
 

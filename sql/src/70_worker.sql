@@ -37,8 +37,14 @@ BEGIN
     IF NOT FOUND THEN
         INSERT INTO df.workers (worker_id, idle) VALUES (p_worker, p_idle);
     END IF;
+    -- Row by row, skipping rows someone holds locked (a user transaction that
+    -- signalled an instance and stays open): one tenant can stall the lease of
+    -- its own instance, never the leases of everybody else on this worker.
+    -- A skipped row cannot be taken over meanwhile: claims skip locked rows too.
     UPDATE df.instance_queue AS q SET lease_expires_at = pg_catalog.clock_timestamp() + v_lease
-     WHERE q.lease_worker = p_worker AND q.lease_expires_at > pg_catalog.clock_timestamp();
+     WHERE q.instance_id IN (SELECT x.instance_id FROM df.instance_queue AS x
+                              WHERE x.lease_worker = p_worker AND x.lease_expires_at > pg_catalog.clock_timestamp()
+                                FOR NO KEY UPDATE SKIP LOCKED);
     GET DIAGNOSTICS v_count = ROW_COUNT;
     RETURN v_count;
 END
@@ -256,16 +262,25 @@ BEGIN
        OR a.backend_pid IS DISTINCT FROM pg_catalog.pg_backend_pid() THEN
         RAISE EXCEPTION 'durable: checkpoint refused' USING ERRCODE = 'DF014';
     END IF;
+    -- KEY SHARE: a takeover's claim (FOR UPDATE) waits for this transaction,
+    -- heartbeats (non-key updates) do not.
     PERFORM 1 FROM df.instance_queue AS q
       WHERE q.instance_id = p_instance_id AND q.lease_token = a.lease_token
         AND q.lease_expires_at > pg_catalog.clock_timestamp()
-        FOR SHARE;
+        FOR KEY SHARE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'durable: checkpoint refused: the lease was lost' USING ERRCODE = 'DF014';
     END IF;
-    PERFORM 1 FROM df.instances AS i WHERE i.id = p_instance_id AND i.status IN ('pending', 'running');
+    -- SHARE on the instance orders this commit against df.cancel's update:
+    -- no step effect commits after a cancel returned.  The step must run on a
+    -- session of the submitter itself.
+    PERFORM 1 FROM df.instances AS i
+      WHERE i.id = p_instance_id AND i.status IN ('pending', 'running')
+        AND i.submitted_by = pg_catalog.quote_ident(session_user)::regrole
+        FOR SHARE;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'durable: checkpoint refused: the instance is no longer running' USING ERRCODE = 'DF014';
+        RAISE EXCEPTION 'durable: checkpoint refused: the instance is no longer running, or this session is '
+                        'not its submitter' USING ERRCODE = 'DF014';
     END IF;
     UPDATE df.nodes AS n
        SET status = 'completed', result_text = p_result_text, result = p_result_text::jsonb,
