@@ -182,3 +182,13 @@ def test_dev_serves_until_ctrl_c_and_keeps_its_data(tmp_path: Path, request_clea
         assert proc.wait(timeout=60) == 0
         time.sleep(0.1)
         proc.stdout.close()  # type: ignore[union-attr]
+
+
+def test_a_graph_built_in_python_runs(user, start_worker):
+    start_worker()
+    graph = (durable.join(durable.sql("SELECT 40 AS x").as_("a"), durable.sql("SELECT 2 AS y").as_("b"))
+             >> durable.if_("SELECT $a + $b = 42", "SELECT 'yes' AS answer", "SELECT 'no' AS answer"))
+    with durable.connect(user) as client:
+        iid = client.start(graph, label="python-graph")
+        assert client.wait(iid, timeout=30) is InstanceStatus.COMPLETED
+        assert client.result(iid) == {"rows": [{"answer": "yes"}], "row_count": 1}
