@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from durable.errors import WaitTimeoutError
-from durable.models import InstanceInfo, InstanceStatus, ListedInstance
+from durable.models import InstanceInfo, InstanceStatus, ListedInstance, NodeInfo
 from durable.store import connect as _connect
 from durable.store import wrap_errors
 from durable.store.db import start_expression_query
@@ -69,8 +69,9 @@ class Client:
         rows = self._rows("SELECT * FROM df.instance_info(%s)", (instance_id,))
         return InstanceInfo(**rows[0]) if rows else None
 
-    def nodes(self, instance_id: str) -> list[dict[str, Any]]:
-        return self._rows("SELECT * FROM df.instance_nodes(%s)", (instance_id,))
+    def nodes(self, instance_id: str) -> list[NodeInfo]:
+        """The instance's nodes with their stored and inferred status (df.instance_nodes)."""
+        return [NodeInfo(**row) for row in self._rows("SELECT * FROM df.instance_nodes(%s)", (instance_id,))]
 
     def list(self, *, status: str | None = None, label: str | None = None,
              page_size: int = 100) -> Iterator[ListedInstance]:

@@ -80,3 +80,23 @@ class ListedInstance(BaseModel):
     resource_version: int
     labels: dict[str, str] = {}
     annotations: dict[str, Any] = {}
+
+
+class NodeInfo(BaseModel):
+    """A row of df.instance_nodes(): a node with its stored and inferred status."""
+
+    model_config = ConfigDict(frozen=True)
+
+    node_id: NodeId
+    node_type: NodeType
+    query: str | None
+    result_name: str | None
+    left_node: str | None
+    right_node: str | None
+    status: NodeStatus
+    result: str | None
+    status_details: str | None
+    inferred_status: str | None
+    inferred_status_from_ancestor_id: str | None
+    updated_at: datetime | None
+    resource_version: int

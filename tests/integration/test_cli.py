@@ -100,7 +100,7 @@ def test_python_client_methods(user, start_worker):
         assert info is not None and info.label == "py"
         assert [i.instance_id for i in client.list(label="py")] == [iid]
         deadline = time.monotonic() + 20
-        while not any(n["node_type"] == "SIGNAL" and n["status"] == "running" for n in client.nodes(iid)):
+        while not any(n.node_type == "SIGNAL" and n.status == "running" for n in client.nodes(iid)):
             assert time.monotonic() < deadline
             time.sleep(0.05)
         client.signal(iid, "go", {"ok": True})
@@ -111,6 +111,8 @@ def test_python_client_methods(user, start_worker):
         assert client.explain(iid).startswith(f"Instance: {iid} (py)")
         other = client.start("SELECT 1")
         assert client.cancel(other).startswith(f"Instance {other} cancelled")
+        assert client.delete(other) is True and client.status(other) is None
+        assert {n.inferred_status for n in client.nodes(iid)} == {"completed"}
         with pytest.raises(durable.DurableError):
             client.wait(client.start(durable_sleepy()), timeout=0.3)
 

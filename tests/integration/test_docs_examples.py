@@ -21,7 +21,7 @@ from tests.conftest import dsn_as
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 BLOCK = re.compile(r"(?:(<!-- no-test[^>]*-->)\n)?```sql\n(.*?)```", re.S)
-ADMIN = re.compile(r"CREATE ROLE|GRANT durable|GRANT \w+ TO|df\.settings|df\.schema_version|df\.grant_usage")
+ADMIN = re.compile(r"CREATE ROLE|GRANT durable|GRANT \w+ TO|df\.settings|df\.schema_version|df\.grant_usage|df\.instance_queue")
 EXAMPLE_ROLES = ("app_user", "durable_worker_1", "durable_submitters")
 PAGES = sorted(p.name for p in DOCS.glob("*.md") if "```sql" in p.read_text())
 
