@@ -223,18 +223,22 @@ class StepRunner:
             checkpoint["version"] = _checkpoint(conn, checkpoint)
         return result_text
 
-    def _on_its_own(self, conn: psycopg.Connection[Any], sql_text: str, timeout_ms: int,
-                    checkpoint: dict[str, Any]) -> str:
-        """Statements that cannot run in a transaction block: at-least-once, checkpoint after."""
-        conn.rollback()
+    def _autocommit(self, conn: psycopg.Connection[Any], sql_text: str, timeout_ms: int) -> str:
+        """Run a step's statement on its own, outside any transaction block; its result text."""
         conn.autocommit = True
         try:
             conn.execute(query("step_prepare_session"), {"timeout": f"{timeout_ms}ms"})
             cur = conn.cursor()
             cur.execute(sql_text.encode(), binary=True)
-            result_text = results.rows_json(cur, self.max_result_bytes)
+            return results.rows_json(cur, self.max_result_bytes)
         finally:
             conn.autocommit = False
+
+    def _on_its_own(self, conn: psycopg.Connection[Any], sql_text: str, timeout_ms: int,
+                    checkpoint: dict[str, Any]) -> str:
+        """Statements that cannot run in a transaction block: at-least-once, checkpoint after."""
+        conn.rollback()
+        result_text = self._autocommit(conn, sql_text, timeout_ms)
         with conn.transaction():
             conn.execute(query("step_guard"))
             checkpoint["result_text"] = result_text
@@ -245,14 +249,7 @@ class StepRunner:
                    timeout_ms: int, checkpoint: dict[str, Any]) -> StepResult:
         """A step in another database: at-least-once (run, then record under the lease)."""
         try:
-            conn.autocommit = True
-            try:
-                conn.execute(query("step_prepare_session"), {"timeout": f"{timeout_ms}ms"})
-                cur = conn.cursor()
-                cur.execute(sql_text.encode(), binary=True)
-                result_text = results.rows_json(cur, self.max_result_bytes)
-            finally:
-                conn.autocommit = False
+            result_text = self._autocommit(conn, sql_text, timeout_ms)
         except BaseException as exc:
             return self._failed(exc, conn, claim, node_id)
         try:
