@@ -155,6 +155,18 @@ def cmd_signal(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from durable.bench import format_table, run_bench
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    workers = [args.workers] if args.workers else None
+    result = run_bench(args.dsn, quick=args.quick, workers=workers, progress=progress)
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    return EXIT_OK
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from durable.dev import run_dev
 
@@ -199,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=None, help="TCP port (default: a free one, then kept)")
 
     command("demo", "run a small real workflow on a temporary local PostgreSQL, then exit", cmd_demo, dsn=False)
+
+    p = command("bench", "measure throughput, latency, start rate, memory and scale (superuser DSN; scratch "
+                         "objects are removed afterwards)", cmd_bench)
+    p.add_argument("--quick", action="store_true", help="tiny versions of every scenario (proves it works)")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    p.add_argument("--workers", type=int, help="only this many worker processes (default: 1, 2 and 4)")
 
     p = command("start", "start a workflow; prints its instance id", cmd_start)
     p.add_argument("workflow", help="plain SQL (one step) or an envelope; with --dsl, a SQL DSL expression")

@@ -31,7 +31,7 @@ def user(dsn, make_role):
 def test_help_and_usage_errors():
     out = cli("--help")
     assert out.returncode == 0
-    for name in ("install", "upgrade", "worker", "dev", "demo", "start", "status", "ls", "show", "explain", "watch",
+    for name in ("install", "upgrade", "worker", "dev", "demo", "bench", "start", "status", "ls", "show", "explain", "watch",
                  "cancel", "signal"):
         assert name in out.stdout
     assert "Exit codes" in out.stdout
