@@ -176,7 +176,10 @@ class Worker:
                 for claim in claims:
                     self.fault("after_claim")
                     runner = InstanceRunner(self, claim)
-                    self._runners[claim.instance_id] = self._runner_pool.submit(runner.run)
+                    future = self._runner_pool.submit(runner.run)
+                    # A slot frees up: claim more at once, not at the next poll.
+                    future.add_done_callback(lambda _: self.wakeup.set())
+                    self._runners[claim.instance_id] = future
                 if claims and len(claims) == free:
                     continue
                 self.wakeup.wait(self.poll_interval)
