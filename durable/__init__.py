@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 from durable.client import Client, connect  # noqa: E402
 from durable.errors import ConflictError, DurableError  # noqa: E402

@@ -166,7 +166,7 @@ $$;
 CREATE FUNCTION df.version() RETURNS text
 LANGUAGE sql IMMUTABLE STRICT
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT '0.2.0 (built 2026-11-23T00:00:00Z)'::text $$;
+AS $$ SELECT '0.3.0 (built 2026-11-23T00:00:00Z)'::text $$;
 
 CREATE FUNCTION df.target_database() RETURNS text
 LANGUAGE sql STABLE STRICT PARALLEL SAFE

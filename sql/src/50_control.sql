@@ -10,6 +10,14 @@ AS $$
 DECLARE
     r df.instances;
 BEGIN
+    -- Lock order is the worker's: the queue row, then the instance row (else a
+    -- signal and the worker's apply deadlock).  Only the caller's own queue
+    -- row is ever locked here.
+    PERFORM 1 FROM df.instances AS i WHERE i.id = p_instance_id AND i.submitted_by = p_caller;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'Instance not found or access denied: %', p_instance_id USING ERRCODE = 'DF003';
+    END IF;
+    PERFORM 1 FROM df.instance_queue AS q WHERE q.instance_id = p_instance_id FOR NO KEY UPDATE;
     SELECT * INTO r FROM df.instances AS i
      WHERE i.id = p_instance_id AND i.submitted_by = p_caller
        FOR UPDATE;

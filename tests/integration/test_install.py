@@ -135,6 +135,7 @@ def test_install_an_older_release_then_upgrade_with_the_cli(empty_db):
         assert schema.installed_version(conn) == "0.1.0"
     up = subprocess.run([*cli, "upgrade", "--dsn", empty_db], capture_output=True, text=True)
     newest = schema.Scripts.packaged().newest()
-    assert up.returncode == 0 and f"upgraded durable 0.1.0 -> {newest}" in up.stdout, up.stderr
+    assert up.returncode == 0 and up.stdout.startswith("upgraded durable 0.1.0 -> ") and \
+        up.stdout.rstrip().endswith(f" -> {newest}"), up.stderr
     with psycopg.connect(empty_db) as conn:
         assert schema.installed_version(conn) == newest

@@ -135,7 +135,7 @@ def test_bad_cursors(make_role, connect_as, cursor):
 def test_version_target_database_and_run(make_role, connect_as):
     alice = connect_as(make_role())
     version = alice.execute("SELECT df.version()").fetchone()[0]
-    assert version.startswith("0.2.0 (built ")
+    assert version.startswith("0.3.0 (built ")
     assert alice.execute("SELECT df.target_database() = current_database()").fetchone()[0] is True
     assert alice.execute("SELECT df.run()").fetchone()[0] == "Triggered run for all pending instances"
     assert alice.execute("SELECT df.run('abcd1234')").fetchone()[0] == "Triggered run for instance: abcd1234"
