@@ -48,7 +48,9 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from durable.worker import run_worker
 
-    return run_worker(args.dsn, concurrency=args.concurrency)
+    if args.batch < 1:
+        raise DurableError("--batch must be at least 1")
+    return run_worker(args.dsn, concurrency=args.concurrency, batch=args.batch)
 
 
 def cmd_start(args: argparse.Namespace) -> int:
@@ -204,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("worker", "run a worker that executes workflow instances (SIGTERM stops it cleanly)", cmd_worker)
     p.add_argument("--concurrency", type=int, default=4, help="instances advanced at once (default 4)")
+    p.add_argument("--batch", type=int, default=1, metavar="N",
+                   help="opt-in batched mode: up to N steps of one submitter per transaction (default 1: a "
+                        "transaction per step; see docs/worker.md)")
 
     p = command("dev", "run a local PostgreSQL with durable installed and a worker (Ctrl-C stops)", cmd_dev,
                 dsn=False)

@@ -109,3 +109,35 @@ SELECT df._checkpoint_remote_v1(%(instance_id)s, %(node_id)s, %(token)s, %(resul
 -- name: listen --
 -- Wake on new work and on nudges to held instances.
 LISTEN durable_work; LISTEN durable_nudge
+
+-- name: claim_v2 --
+-- Lease up to n due instances nobody holds; their rows, the time and the worker settings (0.3.0).
+SELECT df._claim_v2(%(worker_id)s, %(limit)s)
+
+-- name: load_v2 --
+-- Read held instances again, with their leases (0.3.0).
+SELECT df._load_v2(%(instance_ids)s)
+
+-- name: nudges_v2 --
+-- How often each held instance was nudged (cancel, signal) so far (0.3.0).
+SELECT df._nudges_v2(%(instance_ids)s)
+
+-- name: advance_v2 --
+-- Write the engine's decisions for many held instances at once (0.3.0).
+SELECT df._advance_v2(%(worker_id)s, %(items)s)
+
+-- name: bind --
+-- On the submitter's connection, first in a step's transaction: bind the attempts to this backend.
+SELECT df._bind_v1(%(instance_ids)s, %(node_ids)s, %(secrets)s)
+
+-- name: step_prepare_batch --
+-- On the submitter's connection, before each later step of a batch: its timeout and string syntax
+-- again (after RESET ALL), and the login role.
+SELECT pg_catalog.set_config('statement_timeout', %(timeout)s, true),
+       pg_catalog.set_config('standard_conforming_strings', 'on', true),
+       pg_catalog.set_config('role', 'none', true)
+
+-- name: checkpoint_v2 --
+-- Record the results of the transaction's steps, all or none (secret-checked, 0.3.0).
+SELECT df._checkpoint_v2(%(xid)s, %(instance_ids)s, %(node_ids)s, %(secrets)s, %(results)s, %(details)s,
+                         %(versions)s)

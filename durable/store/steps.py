@@ -14,14 +14,17 @@ import hashlib
 import re
 import secrets
 import threading
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.pq import ExecStatus
 from psycopg.types.json import Jsonb
+from psycopg.types.numeric import Int8
 from psycopg.types.string import StrDumper
 from psycopg_pool import ConnectionPool
 
@@ -59,6 +62,42 @@ class StepResult:
     result_text: str | None = None
     message: str | None = None
     version: int | None = None
+
+
+class Handle(Protocol):
+    """Lets the scheduler cancel a running step: `attach(conn)` is told the connection (False: the
+    step was cancelled already, do not start it), `cancelled` says whether it was asked to stop."""
+
+    cancelled: bool
+
+    def attach(self, conn: psycopg.Connection[Any] | None) -> bool: ...
+
+
+def _token() -> str:
+    return secrets.token_hex(32)
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(eq=False)
+class StepJob:
+    """One attempt of a SQL step (0.3.0 API): the scheduler registers the hashes of its two secrets
+    with the attempt; the step's transaction binds with the first and checkpoints with the second."""
+
+    instance_id: str
+    node_id: str
+    token: uuid.UUID
+    sql: str
+    details: dict[str, Any] | None
+    handle: Handle
+    version: int = 0  # the node's version once the attempt is registered
+    bind_secret: str = field(default_factory=_token, repr=False)
+    secret: str = field(default_factory=_token, repr=False)
+
+    def attempt(self) -> dict[str, str]:
+        return {"node_id": self.node_id, "bind_hash": _hash(self.bind_secret), "secret_hash": _hash(self.secret)}
 
 
 def _skip_leading_noise(text: str) -> str:
@@ -169,6 +208,251 @@ class StepRunner:
             register(None)
             pool.putconn(conn)  # a broken connection is discarded, a good one reset (DISCARD ALL)
 
+    # -- the 0.3.0 protocol: attempts registered by the scheduler, bound and checkpointed here ---------
+    def run_jobs(self, role: str | None, database: str | None, jobs: list[StepJob],
+                 timeout_ms: int) -> list[tuple[StepJob, StepResult]]:
+        """Run steps of one submitter: one alone in its own transaction, several in one transaction
+        (the opt-in batched mode).  Every job gets a result."""
+        if role is None:
+            return [(j, StepResult(Outcome.REFUSED, message="submitted_by role no longer exists in pg_roles"))
+                    for j in jobs]
+        if database == self.home_database:
+            database = None
+        done: list[tuple[StepJob, StepResult]] = []
+        todo: list[StepJob] = []
+        for job in jobs:
+            if transaction_control(job.sql):
+                done.append((job, StepResult(Outcome.FAILED, message=_TX_CONTROL_REFUSED)))
+            else:
+                todo.append(job)
+        if not todo:
+            return done
+        try:
+            pool = self._pool(role, database)
+            if not pool.get_stats().get("pool_available", 0):
+                refusal = self._refusal_of(todo[0].instance_id)
+                if refusal is not None:
+                    return done + [(j, StepResult(Outcome.REFUSED, message=refusal)) for j in todo]
+            conn = pool.getconn()
+        except Exception as exc:  # noqa: BLE001 - any connect failure: refused for good, or try again later
+            refusal = self._refusal_of(todo[0].instance_id)
+            outcome = StepResult(Outcome.REFUSED, message=refusal) if refusal is not None else \
+                StepResult(Outcome.RETRY, message=f"cannot connect as {role}: {str(exc).strip()}")
+            return done + [(j, outcome) for j in todo]
+        try:
+            if database is not None:
+                done += [(j, self._remote(conn, j, timeout_ms)) for j in todo]
+            elif len(todo) == 1:
+                done.append((todo[0], self._single(conn, todo[0], timeout_ms)))
+            else:
+                done += self._batch(conn, todo, timeout_ms)
+        finally:
+            for job in todo:
+                job.handle.attach(None)
+            pool.putconn(conn)  # a broken connection is discarded, a good one reset (DISCARD ALL)
+        return done
+
+    def _refusal_of(self, instance_id: str) -> str | None:
+        try:
+            return self.db.submitter_refusal(instance_id)
+        except Exception:  # noqa: BLE001
+            return None
+
+    def _single(self, conn: psycopg.Connection[Any], job: StepJob, timeout_ms: int) -> StepResult:
+        """One step, one transaction: [BEGIN, prepare, bind, statement] then [constraints, guard,
+        checkpoint, COMMIT], each group one round trip."""
+        if not job.handle.attach(conn):
+            return StepResult(Outcome.CANCELLED)
+        bound: psycopg.Cursor[Any] | None = None
+        try:
+            with conn.pipeline() as p:
+                prep = conn.execute(query("step_prepare"), {"timeout": f"{timeout_ms}ms"})
+                bound = conn.execute(query("bind"), _bind_params([job]))
+                cur = conn.cursor()
+                cur.execute(job.sql.encode(), binary=True)  # extended protocol: one statement only
+                p.sync()
+            xid = str(_row(prep)[1])
+            result_text = results.rows_json(cur, self.max_result_bytes)
+        except BaseException as exc:
+            _rollback(conn)
+            if bound is not None and not _ran(bound):
+                return _refused_bind(exc)
+            if isinstance(exc, (pg_errors.ActiveSqlTransaction, pg_errors.InvalidTransactionTermination)):
+                return self._single_on_its_own(conn, job, timeout_ms)
+            return _classify(exc)
+        self.fault("after_statement")
+        return self._commit(conn, [job], [result_text], xid)
+
+    def _commit(self, conn: psycopg.Connection[Any], jobs: list[StepJob], texts: list[str],
+                xid: str) -> StepResult:
+        """Fire deferred constraints, guard the session, checkpoint every job and commit: one round trip.
+        The result says how it went for all of them; the versions land in the jobs."""
+        constraints: psycopg.Cursor[Any] | None = None
+        checkpoint: psycopg.Cursor[Any] | None = None
+        try:
+            with conn.pipeline():
+                constraints = conn.execute(query("step_constraints"))
+                conn.execute(query("step_guard"))
+                checkpoint = conn.execute(query("checkpoint_v2"), {
+                    "xid": xid, "instance_ids": [j.instance_id for j in jobs], "node_ids": [j.node_id for j in jobs],
+                    "secrets": [j.secret for j in jobs], "results": texts,
+                    "details": [Jsonb(j.details) for j in jobs], "versions": [Int8(j.version) for j in jobs]})
+                conn.commit()
+            versions = _row(checkpoint)[0]
+        except BaseException as exc:
+            _rollback(conn)
+            if constraints is not None and not _ran(constraints):
+                return _classify(exc)  # the step's own deferred constraint or trigger
+            if isinstance(exc, pg_errors.Error) and exc.sqlstate == "DF014":
+                message = exc.diag.message_primary or ""
+                if message.endswith("the step ended its transaction"):
+                    return StepResult(Outcome.FAILED, message="the step ended its transaction")
+                return StepResult(Outcome.STALE, message=message)
+            return _classify(exc)
+        for job, version in zip(jobs, versions, strict=True):
+            job.version = int(version)
+        self.fault("after_commit")
+        return StepResult(Outcome.COMPLETED, version=int(versions[0]), result_text=texts[0])
+
+    def _single_on_its_own(self, conn: psycopg.Connection[Any], job: StepJob, timeout_ms: int) -> StepResult:
+        """A statement that cannot run in a transaction block: bound and run in autocommit
+        (at-least-once), then checkpointed in a transaction of its own."""
+        try:
+            conn.autocommit = True
+            try:
+                conn.execute(query("step_prepare_session"), {"timeout": f"{timeout_ms}ms"})
+                conn.execute(query("bind"), _bind_params([job]))
+            except BaseException as exc:
+                return _refused_bind(exc)
+            cur = conn.cursor()
+            cur.execute(job.sql.encode(), binary=True)
+            result_text = results.rows_json(cur, self.max_result_bytes)
+        except BaseException as exc:
+            return _classify(exc)
+        finally:
+            conn.autocommit = False
+        try:
+            xid = str(_row(conn.execute(query("step_guard")))[4])
+        except BaseException as exc:
+            _rollback(conn)
+            return _classify(exc)
+        return self._commit(conn, [job], [result_text], xid)
+
+    def _remote(self, conn: psycopg.Connection[Any], job: StepJob, timeout_ms: int) -> StepResult:
+        """A step in another database: at-least-once (run, then recorded under the lease)."""
+        if not job.handle.attach(conn):
+            return StepResult(Outcome.CANCELLED)
+        try:
+            result_text = self._autocommit(conn, job.sql, timeout_ms)
+        except BaseException as exc:
+            return _classify(exc)
+        try:
+            version = self.db.checkpoint_remote(Claim(job.instance_id, job.token, 0), job.node_id, result_text,
+                                                job.details, job.version)
+        except Exception as exc:  # noqa: BLE001
+            state = getattr(exc, "sqlstate_seen", None) or getattr(exc, "sqlstate", None)
+            return StepResult(Outcome.STALE if state == "DF014" else Outcome.RETRY, message=str(exc))
+        job.version = version
+        return StepResult(Outcome.COMPLETED, result_text=result_text, version=version)
+
+    def _batch(self, conn: psycopg.Connection[Any], jobs: list[StepJob],
+               timeout_ms: int) -> list[tuple[StepJob, StepResult]]:
+        """Several steps in one transaction (the opt-in batched mode).  First all at once, in one
+        pipeline; if a step fails, again with a savepoint each, so that only it is undone; if the
+        commit fails, each step again in a transaction of its own: no step is undone by a neighbour."""
+        done: list[tuple[StepJob, StepResult]] = []
+        live = []
+        for job in jobs:
+            if job.handle.attach(conn):
+                live.append(job)
+            else:
+                done.append((job, StepResult(Outcome.CANCELLED)))
+        if not live:
+            return done
+        timeout = {"timeout": f"{timeout_ms}ms"}
+        try:
+            with conn.pipeline() as p:
+                prep = conn.execute(query("step_prepare"), timeout)
+                bound = conn.execute(query("bind"), _bind_params(live))
+                cursors = []
+                for i, job in enumerate(live):
+                    if i:
+                        self._between_steps(conn, timeout)
+                    cur = conn.cursor()
+                    cur.execute(job.sql.encode(), binary=True)
+                    cursors.append(cur)
+                    conn.execute(query("step_constraints"))
+                p.sync()
+            xid = str(_row(prep)[1])
+            texts = [results.rows_json(cur, self.max_result_bytes) for cur in cursors]
+        except BaseException as exc:
+            _rollback(conn)
+            if not _ran(bound):
+                return done + [(j, _refused_bind(exc)) for j in live]
+            return done + self._batch_with_savepoints(conn, live, timeout_ms)
+        self.fault("after_statement")
+        outcome = self._commit(conn, live, texts, xid)
+        if outcome.outcome is Outcome.COMPLETED:
+            return done + [(j, StepResult(Outcome.COMPLETED, result_text=t, version=j.version))
+                           for j, t in zip(live, texts, strict=True)]
+        return done + [(j, self._single(conn, j, timeout_ms)) for j in live]
+
+    def _between_steps(self, conn: psycopg.Connection[Any], timeout: dict[str, str]) -> None:
+        """Nothing one step of a batch set in its session reaches the next one."""
+        conn.execute("RESET ALL")
+        conn.execute("DISCARD TEMP")
+        conn.execute(query("step_prepare_batch"), timeout)
+
+    def _batch_with_savepoints(self, conn: psycopg.Connection[Any], jobs: list[StepJob],
+                               timeout_ms: int) -> list[tuple[StepJob, StepResult]]:
+        timeout = {"timeout": f"{timeout_ms}ms"}
+        failed: list[tuple[StepJob, StepResult]] = []
+        alone: list[StepJob] = []
+        kept: list[tuple[StepJob, str]] = []
+        try:
+            xid = str(_row(conn.execute(query("step_prepare"), timeout))[1])
+            conn.execute(query("bind"), _bind_params(jobs))
+        except BaseException as exc:
+            _rollback(conn)
+            return [(j, _refused_bind(exc)) for j in jobs]
+        for i, job in enumerate(jobs):
+            if job.handle.cancelled:
+                failed.append((job, StepResult(Outcome.CANCELLED)))
+                continue
+            try:
+                conn.execute("SAVEPOINT durable_step")
+                if i:
+                    self._between_steps(conn, timeout)
+                cur = conn.cursor()
+                cur.execute(job.sql.encode(), binary=True)
+                text = results.rows_json(cur, self.max_result_bytes)
+                conn.execute(query("step_constraints"))
+                conn.execute("RELEASE SAVEPOINT durable_step")
+                kept.append((job, text))
+            except BaseException as exc:
+                try:
+                    conn.execute("ROLLBACK TO SAVEPOINT durable_step")
+                except BaseException:  # noqa: BLE001 - the connection itself is gone
+                    _rollback(conn)
+                    return failed + [(j, _classify(exc)) for j in jobs[i:]] + \
+                        [(j, StepResult(Outcome.RETRY, message=str(exc))) for j in alone + [k for k, _ in kept]]
+                if isinstance(exc, (pg_errors.ActiveSqlTransaction, pg_errors.InvalidTransactionTermination)):
+                    alone.append(job)
+                else:
+                    failed.append((job, StepResult(Outcome.CANCELLED) if job.handle.cancelled else _classify(exc)))
+        out = list(failed)
+        if kept:
+            self.fault("after_statement")
+            outcome = self._commit(conn, [j for j, _ in kept], [t for _, t in kept], xid)
+            if outcome.outcome is Outcome.COMPLETED:
+                out += [(j, StepResult(Outcome.COMPLETED, result_text=t, version=j.version)) for j, t in kept]
+            else:
+                out += [(j, self._single(conn, j, timeout_ms)) for j, _ in kept]
+        else:
+            _rollback(conn)
+        out += [(j, self._single(conn, j, timeout_ms)) for j in alone]
+        return out
+
     def _refusal(self, claim: Claim) -> str | None:
         """Why the submitter may not run steps, or None (also when it cannot be told: the database may
         be down, or a 0.1.0 schema lacks the function; the login attempt then decides)."""
@@ -265,26 +549,11 @@ class StepRunner:
             self.db.end_attempt(claim, node_id)
         except Exception:  # noqa: BLE001 - the lease may be gone; the attempt dies with it
             pass
-        if isinstance(exc, (results.UnsupportedColumn, results.ResultTooLarge)):
-            return StepResult(Outcome.FAILED, message=str(exc))
         if isinstance(exc, _StepEscaped):
             return StepResult(Outcome.FAILED, message=str(exc))
         if isinstance(exc, _Fenced):
             return StepResult(Outcome.STALE, message=str(exc.__cause__ or "checkpoint refused"))
-        if isinstance(exc, pg_errors.Error):
-            state = exc.sqlstate or ""
-            if state == "57014":
-                return StepResult(Outcome.CANCELLED, message=exc.diag.message_primary)
-            if state == "42601" and "multiple commands" in (exc.diag.message_primary or ""):
-                return StepResult(Outcome.FAILED, message=(
-                    "a SQL step must be exactly one statement: cannot insert multiple commands into a "
-                    "prepared statement"))
-            if state.startswith(_RETRIABLE_PREFIXES) or state in _RETRIABLE:
-                return StepResult(Outcome.RETRY, message=exc.diag.message_primary)
-            return StepResult(Outcome.FAILED, message=exc.diag.message_primary or str(exc))
-        if isinstance(exc, psycopg.OperationalError):
-            return StepResult(Outcome.RETRY, message=str(exc).strip())
-        raise exc
+        return _classify(exc)
 
 
 class _NotInTransactionBlock(Exception):
@@ -337,3 +606,56 @@ def _reset(conn: psycopg.Connection[Any]) -> None:
         conn.execute("DISCARD ALL")
     finally:
         conn.autocommit = False
+
+
+_TX_CONTROL_REFUSED = ("transaction control statements (BEGIN, COMMIT, ROLLBACK, SAVEPOINT, ...) cannot be workflow "
+                       "steps: each step already runs in its own transaction")
+
+
+def _bind_params(jobs: list[StepJob]) -> dict[str, Any]:
+    return {"instance_ids": [j.instance_id for j in jobs], "node_ids": [j.node_id for j in jobs],
+            "secrets": [j.bind_secret for j in jobs]}
+
+
+def _ran(cur: psycopg.Cursor[Any]) -> bool:
+    """Whether a statement sent in a pipeline got its result (an error stops the ones after it)."""
+    res = cur.pgresult
+    return res is not None and res.status in (ExecStatus.COMMAND_OK, ExecStatus.TUPLES_OK)
+
+
+def _rollback(conn: psycopg.Connection[Any]) -> None:
+    try:
+        conn.rollback()
+    except Exception:  # noqa: BLE001 - a broken connection is discarded by the pool
+        pass
+
+
+def _refused_bind(exc: BaseException) -> StepResult:
+    """The attempt could not be bound: superseded (cancelled, lease lost) or the database is away."""
+    if isinstance(exc, pg_errors.Error) and exc.sqlstate == "DF014":
+        return StepResult(Outcome.STALE, message=exc.diag.message_primary)
+    if isinstance(exc, psycopg.Error):
+        return StepResult(Outcome.RETRY, message=str(exc).strip())  # ours, not the step's: never its failure
+    raise exc
+
+
+def _classify(exc: BaseException) -> StepResult:
+    """What a step's error means for its node."""
+    if isinstance(exc, (results.UnsupportedColumn, results.ResultTooLarge)):
+        return StepResult(Outcome.FAILED, message=str(exc))
+    if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)) and not exc.sqlstate:
+        return StepResult(Outcome.RETRY, message=str(exc).strip())  # the connection, not the step
+    if isinstance(exc, pg_errors.Error):
+        state = exc.sqlstate or ""
+        if state == "57014":
+            return StepResult(Outcome.CANCELLED, message=exc.diag.message_primary)
+        if state == "42601" and "multiple commands" in (exc.diag.message_primary or ""):
+            return StepResult(Outcome.FAILED, message=(
+                "a SQL step must be exactly one statement: cannot insert multiple commands into a "
+                "prepared statement"))
+        if state.startswith(_RETRIABLE_PREFIXES) or state in _RETRIABLE:
+            return StepResult(Outcome.RETRY, message=exc.diag.message_primary)
+        return StepResult(Outcome.FAILED, message=exc.diag.message_primary or str(exc))
+    if isinstance(exc, psycopg.OperationalError):
+        return StepResult(Outcome.RETRY, message=str(exc).strip())
+    raise exc

@@ -32,6 +32,53 @@ class Loaded:
     vars: dict[str, str]
 
 
+@dataclass
+class Snapshot:
+    """One held instance as the 0.3.0 API reads it (`df._snapshot`): rows the engine reads, mutable
+    so the scheduler can keep it current between reads."""
+
+    instance: dict[str, Any]
+    nodes: dict[str, dict[str, Any]]
+    signals: list[dict[str, Any]]
+    vars: dict[str, str]
+    lease_token: uuid.UUID | None
+    nudges: int
+
+    def loaded(self, now: datetime) -> Loaded:
+        return Loaded({**self.instance, "now": now}, list(self.nodes.values()), self.signals, self.vars)
+
+
+@dataclass(frozen=True)
+class Read:
+    """What a claim or a load returned: the database's time and the instances."""
+
+    now: datetime
+    instances: list[Snapshot]
+    settings: dict[str, Any] | None = None
+
+
+def _ts(value: Any) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _snapshot(raw: dict[str, Any]) -> Snapshot:
+    nodes = {}
+    for n in raw.get("nodes") or []:
+        n["wake_at"] = _ts(n.get("wake_at"))
+        nodes[n["id"]] = n
+    instance = {k: raw[k] for k in ("id", "label", "root_node", "status", "execution_count", "submitter",
+                                    "database")}
+    token = raw.get("lease_token")
+    return Snapshot(instance, nodes, list(raw.get("signals") or []), dict(raw.get("vars") or {}),
+                    uuid.UUID(token) if token else None, int(raw.get("nudges") or 0))
+
+
+def _read(raw: dict[str, Any] | None) -> Read:
+    raw = raw or {}
+    now = _ts(raw.get("now")) or datetime.now().astimezone()
+    return Read(now, [_snapshot(r) for r in raw.get("instances") or []], raw.get("settings"))
+
+
 class WorkerDB:
     """A small pool of the worker's own connections (autocommit: every call is one function)."""
 
@@ -76,6 +123,21 @@ class WorkerDB:
             rows = conn.execute(query("claim"), {"worker_id": worker_id, "limit": limit}).fetchall()
         return [Claim(r[0], r[1], r[2]) for r in rows]
 
+    # -- the 0.3.0 set-based API ----------------------------------------------------------------
+    def claim_v2(self, worker_id: uuid.UUID, limit: int) -> Read:
+        return _read(self._one("claim_v2", {"worker_id": worker_id, "limit": limit}))
+
+    def load_v2(self, instance_ids: list[str]) -> Read:
+        return _read(self._one("load_v2", {"instance_ids": instance_ids}))
+
+    def nudges_v2(self, instance_ids: list[str]) -> dict[str, int]:
+        return {k: int(v) for k, v in (self._one("nudges_v2", {"instance_ids": instance_ids}) or {}).items()}
+
+    def advance_v2(self, worker_id: uuid.UUID, items: list[dict[str, Any]]) -> tuple[datetime, dict[str, Any]]:
+        raw = self._one("advance_v2", {"worker_id": worker_id, "items": Jsonb(items)}) or {}
+        return _ts(raw.get("now")) or datetime.now().astimezone(), dict(raw.get("results") or {})
+
+    # -- the 0.1.0 API (older schemas) -----------------------------------------------------------
     def load(self, instance_id: str) -> Loaded | None:
         params = {"instance_id": instance_id}
         with wrap_errors(), self.pool.connection() as conn:

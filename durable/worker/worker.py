@@ -26,12 +26,20 @@ log = logging.getLogger("durable.worker")
 # The oldest schema this worker runs against: every df._*_v1 function it calls exists there unchanged.
 # Raise it when the worker starts calling something newer.
 MIN_SCHEMA = "0.1.0"
+# From this schema on the worker uses the set-based API (durable.worker.scheduler); before it, one
+# thread per held instance (durable.worker.runner), which stays correct against every later schema.
+SET_BASED_SCHEMA = "0.3.0"
 
 
 class Worker:
-    def __init__(self, dsn: str | None, *, concurrency: int = 4, poll_interval: float = 1.0) -> None:
+    def __init__(self, dsn: str | None, *, concurrency: int = 4, poll_interval: float = 1.0,
+                 batch: int = 1) -> None:
         self.dsn = resolve_dsn(dsn)
         self.concurrency = max(1, concurrency)
+        self.batch = max(1, batch)
+        self.schema_version = MIN_SCHEMA
+        self.work_seq = 0                       # notifications of new work so far
+        self._scheduler: Any = None
         self.poll_interval = poll_interval
         self.worker_id = uuid.uuid4()
         self.db = WorkerDB(self.dsn, max_size=self.concurrency + 2)
@@ -70,6 +78,7 @@ class Worker:
         if not versions:
             raise DurableError("durable is not installed in this database: run `durable install`")
         current = max(versions, key=parse_version)
+        self.schema_version = current
         if parse_version(current) < parse_version(MIN_SCHEMA):
             raise DurableError(f"the database has durable {current}; this worker needs {MIN_SCHEMA} or newer: "
                                f"run `durable upgrade` first")
@@ -101,7 +110,7 @@ class Worker:
         while not self.stopping.is_set():
             interval = max(0.2, self.setting("lease_seconds", 30.0) / 3)
             try:
-                self.db.heartbeat(self.worker_id, idle=not self._runners)
+                self.db.heartbeat(self.worker_id, idle=not self.busy())
                 failures = 0
             except Exception as exc:  # noqa: BLE001 - the database may be restarting
                 failures += 1
@@ -125,6 +134,7 @@ class Worker:
                         if note.channel == "durable_nudge":
                             self.nudge()
                         else:
+                            self.work_seq += 1
                             self.wakeup.set()
                     conn.execute("SELECT 1")  # ping: a dead connection raises here
             except Exception as exc:  # noqa: BLE001
@@ -143,9 +153,15 @@ class Worker:
             self.nudged.notify_all()
         self.wakeup.set()
 
+    def busy(self) -> bool:
+        if self._scheduler is not None:
+            return bool(self._scheduler.busy())
+        return bool(self._runners)
+
     # -- main loop -----------------------------------------------------------------------------
     def run(self) -> int:
-        from durable.worker.runner import InstanceRunner
+        from durable.schema import parse_version
+        from durable.worker.scheduler import Scheduler
 
         self.db.open()
         self.check_schema()
@@ -156,39 +172,52 @@ class Worker:
         self.db.register(self.worker_id, socket.gethostname(), os.getpid())
         self._supervised("heartbeat", self._heartbeat_loop)
         self._supervised("listener", self._listen_loop)
-        log.info("worker %s started (concurrency %s)", self.worker_id, self.concurrency)
-        backoff = 0.5
+        set_based = parse_version(self.schema_version) >= parse_version(SET_BASED_SCHEMA)
+        if set_based:
+            self._scheduler = Scheduler(self, batch=self.batch)
+        log.info("worker %s started (concurrency %s%s)", self.worker_id, self.concurrency,
+                 f", batches of up to {self.batch} steps" if self.batch > 1 else "")
         try:
-            while not self.stopping.is_set():
-                self._reap()
-                free = self.concurrency - len(self._runners)
-                claims: list[Claim] = []
-                if free > 0:
-                    try:
-                        self.refresh_settings()
-                        claims = self.db.claim(self.worker_id, free)
-                        backoff = 0.5
-                    except Exception as exc:  # noqa: BLE001 - reconnect with backoff
-                        log.warning("claim failed: %s", exc)
-                        self.stopping.wait(backoff)
-                        backoff = min(backoff * 2, 5.0)
-                        continue
-                for claim in claims:
-                    self.fault("after_claim")
-                    runner = InstanceRunner(self, claim)
-                    future = self._runner_pool.submit(runner.run)
-                    # A slot frees up: claim more at once, not at the next poll.
-                    future.add_done_callback(lambda _: self.wakeup.set())
-                    self._runners[claim.instance_id] = future
-                if claims and len(claims) == free:
-                    continue
-                self.wakeup.wait(self.poll_interval)
-                self.wakeup.clear()
+            if set_based:
+                self._scheduler.run()
+            else:
+                self._run_per_instance()
         finally:
             self.shutdown()
         if self._side_error is not None:
             raise DurableError(f"worker stopped: a side task died: {self._side_error}")
         return 0
+
+    def _run_per_instance(self) -> None:
+        """Schemas before 0.3.0: one thread per held instance (durable.worker.runner)."""
+        from durable.worker.runner import InstanceRunner
+
+        backoff = 0.5
+        while not self.stopping.is_set():
+            self._reap()
+            free = self.concurrency - len(self._runners)
+            claims: list[Claim] = []
+            if free > 0:
+                try:
+                    self.refresh_settings()
+                    claims = self.db.claim(self.worker_id, free)
+                    backoff = 0.5
+                except Exception as exc:  # noqa: BLE001 - reconnect with backoff
+                    log.warning("claim failed: %s", exc)
+                    self.stopping.wait(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+            for claim in claims:
+                self.fault("after_claim")
+                runner = InstanceRunner(self, claim)
+                future = self._runner_pool.submit(runner.run)
+                # A slot frees up: claim more at once, not at the next poll.
+                future.add_done_callback(lambda _: self.wakeup.set())
+                self._runners[claim.instance_id] = future
+            if claims and len(claims) == free:
+                continue
+            self.wakeup.wait(self.poll_interval)
+            self.wakeup.clear()
 
     def _reap(self) -> None:
         for iid, fut in list(self._runners.items()):
@@ -216,10 +245,10 @@ class Worker:
         self.db.close()
 
 
-def run_worker(dsn: str | None, *, concurrency: int = 4) -> int:
+def run_worker(dsn: str | None, *, concurrency: int = 4, batch: int = 1) -> int:
     logging.basicConfig(level=os.environ.get("DURABLE_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    worker = Worker(dsn, concurrency=concurrency)
+    worker = Worker(dsn, concurrency=concurrency, batch=batch)
 
     def on_signal(signum: int, frame: Any) -> None:
         log.info("signal %s: stopping (finishing what is in hand)", signum)

@@ -174,6 +174,7 @@ CREATE TABLE df.attempts (
     backend_pid   integer,
     backend_start timestamptz,                 -- with the pid, identifies the step's backend
     started_at    timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    bind_hash     bytea,                       -- 0.3.0: one-use proof that binds the attempt to its backend
     CONSTRAINT attempts_pkey PRIMARY KEY (instance_id, node_id),
     CONSTRAINT attempts_node_fkey FOREIGN KEY (instance_id, node_id)
         REFERENCES df.nodes (instance_id, id) ON DELETE CASCADE

@@ -1,0 +1,387 @@
+"""The worker's scheduler for schema 0.3.0 and later: every held instance in memory, one thread.
+
+One loop owns every instance this worker holds.  It reads them when it
+claims them (one call for many), keeps their rows current from what it
+writes and from what each step's checkpoint returns, decides with the pure
+engine, and writes the decisions of all instances that moved in one call
+(`df._advance_v2`), which also registers the attempts of the steps it
+starts.  Steps run on submitter connections in a thread pool, one
+transaction each, or in the opt-in batched mode several of one submitter in
+one transaction.  It reads an instance again only when it must: a nudge
+(cancel, signal), a conflict, a refused checkpoint or a cancelled step.
+
+NOTIFY is a hint, polling the guarantee: nudges are polled for every held
+instance four times a second, new work every poll interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from durable.store.steps import Outcome, StepJob, StepResult
+from durable.store.worker_db import Read, Snapshot
+from durable.worker import view as views
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from durable.worker.worker import Worker
+
+log = logging.getLogger("durable.worker")
+
+MAX_CONFLICT_RETRIES = 5
+# A timer due sooner than this is waited for while holding the instance.
+HOLD_HORIZON = timedelta(seconds=2)
+NUDGE_POLL_SECONDS = 0.25
+TERMINAL = ("completed", "failed", "cancelled")
+RETRY_DELAY = timedelta(seconds=1)
+
+
+class _InFlight:
+    """A SQL step running on a submitter connection, cancellable from the scheduler."""
+
+    def __init__(self) -> None:
+        self.conn: psycopg.Connection[Any] | None = None
+        self.cancelled = False
+        self.lock = threading.Lock()
+
+    def attach(self, conn: psycopg.Connection[Any] | None) -> bool:
+        with self.lock:
+            self.conn = conn
+            return not (conn is not None and self.cancelled)
+
+    def cancel(self) -> None:
+        with self.lock:
+            self.cancelled = True
+            if self.conn is not None:
+                try:
+                    self.conn.cancel_safe(timeout=5.0)
+                except Exception as exc:  # noqa: BLE001 - the step may have just finished
+                    log.debug("cancel of a step: %s", exc)
+
+
+@dataclass(eq=False)
+class Held:
+    """One instance this worker holds a lease on."""
+
+    iid: str
+    token: Any
+    nudges: int
+    snap: Snapshot
+    read_at: float                                   # monotonic time of `now`
+    now: datetime                                    # the database's time when last read or written
+    inflight: dict[str, StepJob] = field(default_factory=dict)
+    ended: set[str] = field(default_factory=set)     # nodes whose attempt is over (secret to kill)
+    fails: list[tuple[str, str]] = field(default_factory=list)
+    reload: bool = False
+    dirty: bool = True
+    timer: datetime | None = None
+    conflicts: int = 0
+    fail_instance: str | None = None                 # refused submitter: fail the whole instance
+    retry: bool = False                              # infrastructure trouble: give it back for a second
+
+
+class Scheduler:
+    def __init__(self, worker: Worker, *, batch: int = 1) -> None:
+        self.worker = worker
+        self.db = worker.db
+        self.batch = max(1, batch)
+        self.held: dict[str, Held] = {}
+        self.done: deque[list[tuple[StepJob, StepResult]]] = deque()
+        self.max_held = worker.concurrency
+        self.last_claim = 0.0
+        self.last_nudge_poll = 0.0
+        self.nudge_seq = worker.nudge_seq
+        self.backoff = 0.0
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self) -> None:
+        stop_deadline: float | None = None
+        while True:
+            stopping = self.worker.stopping.is_set()
+            if stopping:
+                stop_deadline = stop_deadline or time.monotonic() + 60
+                if not self.held or time.monotonic() > stop_deadline:
+                    break
+            self._wait()
+            try:
+                self._round(stopping)
+                self.backoff = 0.0
+            except Exception as exc:  # noqa: BLE001 - the database may be restarting: read again, later
+                self.backoff = min(max(self.backoff * 2, 0.5), 5.0)
+                log.warning("worker round failed (retrying in %.1fs): %s", self.backoff, exc)
+                for h in self.held.values():
+                    h.reload = True
+                self.worker.stopping.wait(self.backoff)
+        for h in list(self.held.values()):
+            self._cancel_steps(h)
+
+    def busy(self) -> bool:
+        return bool(self.held)
+
+    def _wait(self) -> None:
+        if self.done or any(h.dirty or h.reload for h in self.held.values()):
+            return
+        timeout = self.worker.poll_interval - (time.monotonic() - self.last_claim)
+        if self.held:
+            timeout = min(timeout, NUDGE_POLL_SECONDS - (time.monotonic() - self.last_nudge_poll))
+            timers = [h.timer for h in self.held.values() if h.timer is not None]
+            if timers:
+                now = datetime.now(UTC)
+                timeout = min(timeout, min((t - now).total_seconds() for t in timers))
+        if timeout > 0:
+            self.worker.wakeup.wait(timeout)
+        self.worker.wakeup.clear()
+
+    def _round(self, stopping: bool) -> None:
+        self._collect()
+        self._poll_nudges()
+        self._timers()
+        self._reload([h for h in self.held.values() if h.reload])
+        self._advance(stopping)
+        if not stopping:
+            self._claim()
+
+    # -- what happened ----------------------------------------------------------------------------
+    def _collect(self) -> None:
+        while self.done:
+            for job, result in self.done.popleft():
+                h = self.held.get(job.instance_id)
+                if h is None or h.inflight.get(job.node_id) is not job:
+                    continue
+                del h.inflight[job.node_id]
+                self._step_done(h, job, result)
+
+    def _step_done(self, h: Held, job: StepJob, result: StepResult) -> None:
+        h.dirty = True
+        outcome = result.outcome
+        if outcome is Outcome.COMPLETED:
+            node = h.snap.nodes.get(job.node_id)
+            if node is not None:
+                node.update(status="completed", result_text=result.result_text, wake_at=None,
+                            status_details=job.details, resource_version=result.version)
+            return
+        h.ended.add(job.node_id)
+        if job.handle.cancelled or outcome in (Outcome.STALE, Outcome.LEASE_LOST):
+            h.reload = True  # asked for, or superseded: read again and decide (a lost lease shows there)
+        elif outcome is Outcome.RETRY:
+            log.warning("instance %s step %s: %s (retrying)", h.iid, job.node_id, result.message)
+            h.retry = True
+        elif outcome is Outcome.REFUSED:
+            h.fail_instance = result.message or "the submitter may not run steps"
+        else:
+            h.fails.append((job.node_id, result.message or "step failed"))
+
+    def _poll_nudges(self) -> None:
+        nudged = self.worker.nudge_seq != self.nudge_seq
+        if not self.held or not (nudged or time.monotonic() - self.last_nudge_poll >= NUDGE_POLL_SECONDS):
+            return
+        self.nudge_seq = self.worker.nudge_seq
+        self.last_nudge_poll = time.monotonic()
+        current = self.db.nudges_v2(list(self.held))
+        for iid, h in self.held.items():
+            if current.get(iid, h.nudges) != h.nudges:
+                h.reload = True
+
+    def _timers(self) -> None:
+        now = datetime.now(UTC)
+        for h in self.held.values():
+            if h.timer is not None and h.timer <= now:
+                h.timer = None
+                h.dirty = True
+
+    def _reload(self, held: list[Held]) -> None:
+        if not held:
+            return
+        read = self.db.load_v2([h.iid for h in held])
+        found = {s.instance["id"]: s for s in read.instances}
+        for h in held:
+            snap = found.get(h.iid)
+            if snap is None or snap.lease_token != h.token:
+                if snap is not None and snap.instance["status"] not in TERMINAL:
+                    log.warning("instance %s: lease lost, another worker took over", h.iid)
+                self._drop(h)
+                continue
+            h.snap, h.nudges, h.now, h.read_at = snap, snap.nudges, read.now, time.monotonic()
+            h.reload, h.dirty = False, True
+
+    # -- deciding and writing ---------------------------------------------------------------------
+    def _now(self, h: Held) -> datetime:
+        fake = self.worker.settings.get("fake_now")
+        if fake:
+            try:
+                return datetime.fromisoformat(str(fake))
+            except ValueError:
+                pass
+        return h.now + timedelta(seconds=time.monotonic() - h.read_at)
+
+    def _advance(self, stopping: bool) -> None:
+        items: list[dict[str, Any]] = []
+        plans: dict[str, list[StepJob]] = {}
+        for h in list(self.held.values()):
+            if not h.dirty or h.reload:
+                continue
+            h.dirty = False
+            item = self._item(h, stopping, plans)
+            if item is not None:
+                items.append(item)
+        if not items:
+            return
+        now, results = self.db.advance_v2(self.worker.worker_id, items)
+        for item in items:
+            h = self.held[item["id"]]
+            self._applied(h, item, results.get(h.iid) or {"error": "lease"}, now, plans.get(h.iid, []))
+        self._dispatch([j for jobs in plans.values() for j in jobs])
+
+    def _item(self, h: Held, stopping: bool, plans: dict[str, list[StepJob]]) -> dict[str, Any] | None:
+        base: dict[str, Any] = {"id": h.iid, "token": str(h.token), "ended": sorted(h.ended), "nudges": h.nudges}
+        if h.fail_instance is not None or h.retry or h.conflicts > MAX_CONFLICT_RETRIES:
+            self._cancel_steps(h)
+            if h.fail_instance is not None:
+                return {**base, "status": "failed", "output": h.fail_instance,
+                        "execution_count": h.snap.instance["execution_count"]}
+            wake = datetime.now(UTC) + (RETRY_DELAY if h.retry else timedelta(0))
+            return {**base, "release": True, "wake_at": wake.isoformat()}
+        if h.snap.instance["status"] in TERMINAL:
+            self._cancel_steps(h)
+            return {**base, "release": True, "wake_at": None}
+        now = self._now(h)
+        v = views.build(h.snap.loaded(now), self.worker.settings)
+        if h.fails:
+            updates = [u for node_id, message in h.fails if (u := views.fail_sql(v, node_id, message))]
+            h.fails.clear()
+            if updates:
+                return {**base, "updates": updates, "redecide": True}
+        decision = views.decide(v)
+        item = {**base, "updates": views.updates_payload(decision, v),
+                "consume": [{"signal_id": sid, "node_id": nid} for sid, nid in decision.consume],
+                "execution_count": decision.execution_count}
+        if decision.instance_status in ("completed", "failed"):
+            self._cancel_steps(h)
+            return {**item, "status": decision.instance_status, "output": decision.output}
+        for node_id in decision.cancel:
+            if node_id in h.inflight:
+                h.inflight[node_id].handle.cancel()  # type: ignore[attr-defined]
+        # in_flight: every SQL step that should be running, including those an earlier holder of the
+        # lease started and never checkpointed (they run again).
+        jobs = []
+        for step in [] if stopping else (decision.in_flight or decision.run_sql):
+            if step.node_id not in h.inflight:
+                job = StepJob(h.iid, step.node_id, h.token, step.sql, views.details_of(decision, v, step.node_id),
+                              _InFlight())
+                jobs.append(job)
+        if jobs:
+            plans[h.iid] = jobs
+            item["attempts"] = [j.attempt() for j in jobs]
+        h.timer = None
+        if not jobs and not h.inflight:
+            wake_at = decision.wake_at
+            if stopping:
+                return {**item, "release": True, "wake_at": datetime.now(UTC).isoformat()}
+            if wake_at is not None and wake_at - now <= HOLD_HORIZON:
+                h.timer = datetime.now(UTC) + (wake_at - now)
+            else:
+                return {**item, "release": True, "wake_at": wake_at.isoformat() if wake_at else None}
+        if not item["updates"] and not item["consume"] and not jobs and not h.ended and \
+                decision.execution_count == h.snap.instance["execution_count"] and \
+                h.snap.instance["status"] == "running":
+            return None
+        return item
+
+    def _applied(self, h: Held, item: dict[str, Any], result: dict[str, Any], now: datetime,
+                 jobs: list[StepJob]) -> None:
+        error = result.get("error")
+        if error == "conflict":
+            h.conflicts += 1
+            h.reload = True
+            return
+        if error == "refused":
+            h.fail_instance = str(result.get("message"))
+            h.dirty = True
+            return
+        if error is not None:
+            if h.snap.instance["status"] not in TERMINAL:
+                log.warning("instance %s: lease lost, another worker took over", h.iid)
+            self._drop(h)
+            return
+        h.conflicts = 0
+        h.ended.clear()
+        status = result.get("status")
+        if status in TERMINAL or item.get("release"):
+            self._drop(h)
+            return
+        versions = result.get("versions") or {}
+        for update in item.get("updates") or []:
+            node = h.snap.nodes[update["node_id"]]
+            node.update(status=update["status"], result_text=update["result_text"], state=update["state"],
+                        status_details=update["status_details"], resource_version=versions[update["node_id"]],
+                        wake_at=datetime.fromisoformat(update["wake_at"]) if update["wake_at"] else None)
+        consumed = {c["signal_id"] for c in item.get("consume") or []}
+        if consumed:
+            h.snap.signals = [s for s in h.snap.signals if s["id"] not in consumed]
+        h.snap.instance["status"] = status
+        if item.get("execution_count") is not None:
+            h.snap.instance["execution_count"] = item["execution_count"]
+        h.now, h.read_at = now, time.monotonic()
+        if item.get("redecide"):
+            h.dirty = True  # a failure was recorded: decide on it next round
+        for job in jobs:
+            job.version = int(h.snap.nodes[job.node_id]["resource_version"])
+            h.inflight[job.node_id] = job
+
+    # -- steps ------------------------------------------------------------------------------------
+    def _dispatch(self, jobs: list[StepJob]) -> None:
+        groups: dict[tuple[str | None, str | None], list[StepJob]] = {}
+        for job in jobs:
+            inst = self.held[job.instance_id].snap.instance
+            groups.setdefault((inst["submitter"], inst["database"]), []).append(job)
+        timeout_ms = int(self.worker.setting("statement_timeout_ms", 0))
+        steps = self.worker.steps
+        assert steps is not None
+        for (role, database), group in groups.items():
+            size = self.batch if database is None else 1
+            for i in range(0, len(group), size):
+                chunk = group[i:i + size]
+                future = self.worker.step_pool.submit(steps.run_jobs, role, database, chunk, timeout_ms)
+                future.add_done_callback(self._finished)
+
+    def _finished(self, future: Any) -> None:
+        try:
+            self.done.append(future.result())
+        except BaseException as exc:  # noqa: BLE001 - a bug in the step runner: fail loudly, keep going
+            log.error("step runner failed: %s", exc, exc_info=exc)
+        self.worker.wakeup.set()
+
+    def _cancel_steps(self, h: Held) -> None:
+        for job in h.inflight.values():
+            job.handle.cancel()  # type: ignore[attr-defined]
+        h.inflight.clear()
+
+    def _drop(self, h: Held) -> None:
+        self._cancel_steps(h)
+        self.held.pop(h.iid, None)
+
+    # -- claiming ---------------------------------------------------------------------------------
+    def _claim(self) -> None:
+        free = self.max_held - len(self.held)
+        due = time.monotonic() - self.last_claim >= self.worker.poll_interval
+        woken = self.worker.work_seq != getattr(self, "_work_seq", None)
+        if free <= 0 or not (due or woken or not self.held or free >= max(1, self.max_held // 4)):
+            return
+        self._work_seq = self.worker.work_seq
+        self.last_claim = time.monotonic()
+        read: Read = self.db.claim_v2(self.worker.worker_id, free)
+        if read.settings is not None:
+            self.worker.settings = read.settings
+        for snap in read.instances:
+            self.worker.fault("after_claim")
+            iid = snap.instance["id"]
+            self.held[iid] = Held(iid, snap.lease_token, snap.nudges, snap, time.monotonic(), read.now)
+        if len(read.instances) == free:
+            self.worker.wakeup.set()  # there may be more: claim again at once
