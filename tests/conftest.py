@@ -151,11 +151,12 @@ def start_worker(worker_dsn: str, fast_settings: Any, tmp_path: Any) -> Iterator
 
     procs: list[tuple[subprocess.Popen[bytes], Any]] = []
 
-    def start(concurrency: int = 4) -> subprocess.Popen[bytes]:
+    def start(concurrency: int = 4, batch: int = 1) -> subprocess.Popen[bytes]:
         log_path = tmp_path / f"worker-{len(procs)}.log"
         log = open(log_path, "wb")  # noqa: SIM115 - closed at teardown
         proc = subprocess.Popen(
-            [sys.executable, "-m", "durable.cli", "worker", "--dsn", worker_dsn, "--concurrency", str(concurrency)],
+            [sys.executable, "-m", "durable.cli", "worker", "--dsn", worker_dsn, "--concurrency", str(concurrency),
+             "--batch", str(batch)],
             stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, DURABLE_LOG_LEVEL="INFO"))
         proc.log_path = log_path  # type: ignore[attr-defined]
         procs.append((proc, log))

@@ -78,7 +78,7 @@ SELECT pg_catalog.set_config('statement_timeout', %(timeout)s, true), pg_catalog
 
 -- name: step_prepare_session --
 -- On the submitter's connection, for a step run outside a transaction block: its statement timeout
--- and string syntax (session-level; the pool's DISCARD ALL resets them).
+-- and string syntax (session-level; the pool's reset between steps resets them).
 SELECT pg_catalog.set_config('statement_timeout', %(timeout)s, false),
        pg_catalog.set_config('standard_conforming_strings', 'on', false)
 

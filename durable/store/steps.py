@@ -206,7 +206,7 @@ class StepRunner:
                                 register, elsewhere=database is not None)
         finally:
             register(None)
-            pool.putconn(conn)  # a broken connection is discarded, a good one reset (DISCARD ALL)
+            pool.putconn(conn)  # a broken connection is discarded, a good one reset (_RESET)
 
     # -- the 0.3.0 protocol: attempts registered by the scheduler, bound and checkpointed here ---------
     def run_jobs(self, role: str | None, database: str | None, jobs: list[StepJob],
@@ -229,7 +229,9 @@ class StepRunner:
             return done
         try:
             pool = self._pool(role, database)
-            if not pool.get_stats().get("pool_available", 0):
+            stats = pool.get_stats()
+            if not stats.get("pool_available", 0) and stats.get("pool_size", 0) < pool.max_size:
+                # A new login is coming: a role made NOLOGIN (or worse) is refused now, not after a timeout.
                 refusal = self._refusal_of(todo[0].instance_id)
                 if refusal is not None:
                     return done + [(j, StepResult(Outcome.REFUSED, message=refusal)) for j in todo]
@@ -249,7 +251,7 @@ class StepRunner:
         finally:
             for job in todo:
                 job.handle.attach(None)
-            pool.putconn(conn)  # a broken connection is discarded, a good one reset (DISCARD ALL)
+            pool.putconn(conn)  # a broken connection is discarded, a good one reset (_RESET)
         return done
 
     def _refusal_of(self, instance_id: str) -> str | None:
@@ -594,16 +596,24 @@ def _from_worker_error(exc: BaseException) -> StepResult:
 
 
 def _configure(conn: psycopg.Connection[Any]) -> None:
-    conn.prepare_threshold = None  # DISCARD ALL between steps drops server-side prepared statements
+    conn.prepare_threshold = None  # the reset between steps deallocates server-side prepared statements
     conn.adapters.register_dumper(str, _TextDumper)
     results.configure(conn)
+
+
+# Everything DISCARD ALL resets except the session's cached plans (DISCARD PLANS): those hold no state
+# a step could leave (they are re-planned when a table or search_path they depend on changes), and
+# keeping them spares re-planning the checkpoint functions at every step.  One round trip (simple
+# protocol), outside any transaction block.
+_RESET = ("CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE ALL; UNLISTEN *; "
+          "SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES")
 
 
 def _reset(conn: psycopg.Connection[Any]) -> None:
     """Nothing a step leaves in its session reaches the next one."""
     conn.autocommit = True
     try:
-        conn.execute("DISCARD ALL")
+        conn.execute(_RESET)
     finally:
         conn.autocommit = False
 

@@ -140,13 +140,21 @@ class Scheduler:
         self.worker.wakeup.clear()
 
     def _round(self, stopping: bool) -> None:
+        t0 = time.perf_counter()
         self._collect()
+        t1 = time.perf_counter()
         self._poll_nudges()
         self._timers()
         self._reload([h for h in self.held.values() if h.reload])
-        self._advance(stopping)
+        t2 = time.perf_counter()
+        n = self._advance(stopping)
+        t3 = time.perf_counter()
         if not stopping:
             self._claim()
+        t4 = time.perf_counter()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("round: collect %.1fms reload %.1fms advance(%s) %.1fms claim %.1fms held %s",
+                      (t1 - t0) * 1e3, (t2 - t1) * 1e3, n, (t3 - t2) * 1e3, (t4 - t3) * 1e3, len(self.held))
 
     # -- what happened ----------------------------------------------------------------------------
     def _collect(self) -> None:
@@ -221,7 +229,7 @@ class Scheduler:
                 pass
         return h.now + timedelta(seconds=time.monotonic() - h.read_at)
 
-    def _advance(self, stopping: bool) -> None:
+    def _advance(self, stopping: bool) -> int:
         items: list[dict[str, Any]] = []
         plans: dict[str, list[StepJob]] = {}
         for h in list(self.held.values()):
@@ -232,12 +240,13 @@ class Scheduler:
             if item is not None:
                 items.append(item)
         if not items:
-            return
+            return 0
         now, results = self.db.advance_v2(self.worker.worker_id, items)
         for item in items:
             h = self.held[item["id"]]
             self._applied(h, item, results.get(h.iid) or {"error": "lease"}, now, plans.get(h.iid, []))
         self._dispatch([j for jobs in plans.values() for j in jobs])
+        return len(items)
 
     def _item(self, h: Held, stopping: bool, plans: dict[str, list[StepJob]]) -> dict[str, Any] | None:
         base: dict[str, Any] = {"id": h.iid, "token": str(h.token), "ended": sorted(h.ended), "nudges": h.nudges}

@@ -373,26 +373,34 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RETURN pg_catalog.jsonb_build_object('now', df._now(), 'instances', COALESCE((
+        WITH n AS (
+            SELECT n.instance_id, pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                       'id', n.id, 'node_type', n.node_type, 'query', n.query, 'result_name', n.result_name,
+                       'left_node', n.left_node, 'right_node', n.right_node, 'parent_id', n.parent_id,
+                       'slot', n.slot, 'status', n.status, 'result_text', n.result_text, 'wake_at', n.wake_at,
+                       'state', n.state, 'status_details', n.status_details,
+                       'resource_version', n.resource_version)) AS nodes
+              FROM df.nodes AS n WHERE n.instance_id = ANY (p_ids) GROUP BY n.instance_id
+        ), s AS (
+            SELECT s.instance_id, pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                       'id', s.id, 'signal_name', s.signal_name, 'data', s.data) ORDER BY s.id) AS signals
+              FROM df.signals AS s WHERE s.instance_id = ANY (p_ids) AND s.consumed_at IS NULL
+             GROUP BY s.instance_id
+        ), v AS (
+            SELECT v.instance_id, pg_catalog.jsonb_object_agg(v.name, v.value) AS vars
+              FROM df.instance_vars AS v WHERE v.instance_id = ANY (p_ids) GROUP BY v.instance_id
+        )
         SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
-            'id', i.id, 'label', i.label, 'root_node', i.root_node, 'status', i.status,
-            'execution_count', i.execution_count, 'database', i.database,
-            'submitter', (SELECT r.rolname FROM pg_catalog.pg_roles AS r WHERE r.oid = i.submitted_by::oid),
-            'lease_token', q.lease_token, 'nudges', q.nudges,
-            'nodes', (SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
-                          'id', n.id, 'node_type', n.node_type, 'query', n.query, 'result_name', n.result_name,
-                          'left_node', n.left_node, 'right_node', n.right_node, 'parent_id', n.parent_id,
-                          'slot', n.slot, 'status', n.status, 'result_text', n.result_text, 'wake_at', n.wake_at,
-                          'state', n.state, 'status_details', n.status_details,
-                          'resource_version', n.resource_version))
-                        FROM df.nodes AS n WHERE n.instance_id = i.id),
-            'signals', COALESCE((SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
-                                     'id', s.id, 'signal_name', s.signal_name, 'data', s.data) ORDER BY s.id)
-                                   FROM df.signals AS s WHERE s.instance_id = i.id AND s.consumed_at IS NULL),
-                                '[]'::jsonb),
-            'vars', COALESCE((SELECT pg_catalog.jsonb_object_agg(v.name, v.value)
-                                FROM df.instance_vars AS v WHERE v.instance_id = i.id), '{}'::jsonb)))
+                   'id', i.id, 'label', i.label, 'root_node', i.root_node, 'status', i.status,
+                   'execution_count', i.execution_count, 'database', i.database,
+                   'submitter', pg_catalog.pg_get_userbyid(i.submitted_by::oid),
+                   'lease_token', q.lease_token, 'nudges', q.nudges, 'nodes', n.nodes,
+                   'signals', COALESCE(s.signals, '[]'::jsonb), 'vars', COALESCE(v.vars, '{}'::jsonb)))
           FROM df.instances AS i
           LEFT JOIN df.instance_queue AS q ON q.instance_id = i.id
+          LEFT JOIN n ON n.instance_id = i.id
+          LEFT JOIN s ON s.instance_id = i.id
+          LEFT JOIN v ON v.instance_id = i.id
          WHERE i.id = ANY (p_ids)), '[]'::jsonb));
 END
 $$;
@@ -453,144 +461,178 @@ END
 $$;
 
 -- Write the engine's decisions for several held instances in one
--- transaction.  Each item: {"id", "token", "updates": [node updates, CAS on
--- expected_version], "consume": [{signal_id, node_id}], "status", "output",
--- "execution_count", "ended": [node ids whose attempt is over], "attempts":
--- [{node_id, bind_hash, secret_hash} (hex)], "release": bool, "wake_at",
--- "nudges"}.  Items are handled in instance id order (the lock order: queue
--- row, instance row, nodes, attempts) and each on its own: a lost lease
--- ("lease"), a changed node ("conflict") or a refused submitter ("refused")
--- skips that item and writes nothing of it.  Returns {"now", "results":
--- {id: {"status", "versions"} | {"error", "message"}}}.
+-- transaction, set-based.  Each item: {"id", "token", "updates": [node
+-- updates, CAS on expected_version], "consume": [{signal_id, node_id}],
+-- "status", "output", "execution_count", "ended": [node ids whose attempt is
+-- over], "attempts": [{node_id, bind_hash, secret_hash} (hex)], "release":
+-- bool, "wake_at", "nudges"}.  Locks in the worker's order (queue rows,
+-- instance rows, nodes, each in id order).  Each item stands alone: a lost
+-- lease ("lease"), a changed node ("conflict") or a refused submitter
+-- ("refused") writes nothing of that item.  Returns {"now", "results": {id:
+-- {"status", "versions"} | {"error", "message"}}}.
 CREATE FUNCTION df._advance_v2(p_worker uuid, p_items jsonb) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    it          jsonb;
-    v_id        text;
-    q           df.instance_queue;
-    v_inst      df.instances;
-    v_results   jsonb := '{}'::jsonb;
-    v_updates   jsonb;
-    v_expected  integer;
-    v_locked    integer;
-    v_versions  jsonb;
-    v_refusal   text;
-    v_touched   text[];
-    v_status    text;
-    v_done      boolean := false;
     v_now       timestamptz := pg_catalog.clock_timestamp();
+    v_ids       text[];
+    v_held      text[];
+    v_ended     text[];
+    v_live      text[];
+    v_refused   jsonb;
+    v_conflict  text[];
+    v_ok        text[];
+    v_items     jsonb;
+    v_versions  jsonb;
+    v_results   jsonb;
 BEGIN
-    FOR it IN SELECT e.value FROM pg_catalog.jsonb_array_elements(p_items) AS e ORDER BY e.value ->> 'id' LOOP
-        v_id := it ->> 'id';
-        SELECT * INTO q FROM df.instance_queue AS x WHERE x.instance_id = v_id FOR UPDATE;
-        IF NOT FOUND OR q.lease_token IS DISTINCT FROM (it ->> 'token')::uuid OR q.lease_expires_at <= v_now THEN
-            v_results := v_results || pg_catalog.jsonb_build_object(v_id, pg_catalog.jsonb_build_object('error', 'lease'));
-            CONTINUE;
-        END IF;
-        SELECT * INTO v_inst FROM df.instances AS i WHERE i.id = v_id FOR UPDATE;
-        IF v_inst.status IN ('completed', 'failed', 'cancelled') THEN
-            DELETE FROM df.attempts AS a WHERE a.instance_id = v_id;
-            DELETE FROM df.instance_queue AS x WHERE x.instance_id = v_id;
-            v_results := v_results || pg_catalog.jsonb_build_object(v_id,
-                pg_catalog.jsonb_build_object('status', v_inst.status, 'versions', '{}'::jsonb));
-            CONTINUE;
-        END IF;
-        IF pg_catalog.jsonb_array_length(COALESCE(it -> 'attempts', '[]'::jsonb)) > 0 THEN
-            -- Checked again at every attempt: the role may have changed since df.start.
-            v_refusal := df._submitter_refusal(v_inst.submitted_by);
-            IF v_refusal IS NOT NULL THEN
-                v_results := v_results || pg_catalog.jsonb_build_object(v_id,
-                    pg_catalog.jsonb_build_object('error', 'refused', 'message', v_refusal));
-                CONTINUE;
-            END IF;
-        END IF;
+    -- Every statement names the rows it touches by key (= ANY): index scans, whatever the tables hold.
+    SELECT pg_catalog.array_agg(e.value ->> 'id') INTO v_ids FROM pg_catalog.jsonb_array_elements(p_items) AS e;
+    -- Leases this worker still holds, locked.
+    SELECT COALESCE(pg_catalog.array_agg(x.instance_id), '{}') INTO v_held FROM (
+        SELECT q.instance_id FROM df.instance_queue AS q
+          JOIN pg_catalog.jsonb_array_elements(p_items) AS e ON e.value ->> 'id' = q.instance_id
+         WHERE q.instance_id = ANY (v_ids) AND q.lease_token = (e.value ->> 'token')::uuid
+           AND q.lease_expires_at > v_now
+         ORDER BY q.instance_id
+           FOR UPDATE OF q) AS x;
+    -- Their instance rows, locked; those that ended meanwhile (cancelled) need no worker any more.
+    SELECT COALESCE(pg_catalog.array_agg(x.id) FILTER (WHERE x.status IN ('completed', 'failed', 'cancelled')), '{}'),
+           COALESCE(pg_catalog.array_agg(x.id) FILTER (WHERE x.status NOT IN ('completed', 'failed', 'cancelled')), '{}')
+      INTO v_ended, v_live FROM (
+        SELECT i.id, i.status FROM df.instances AS i WHERE i.id = ANY (v_held) ORDER BY i.id FOR UPDATE) AS x;
+    IF pg_catalog.cardinality(v_ended) > 0 THEN
+        DELETE FROM df.attempts AS a WHERE a.instance_id = ANY (v_ended);
+        DELETE FROM df.instance_queue AS q WHERE q.instance_id = ANY (v_ended);
+    END IF;
+    -- Checked again at every attempt: the role may have changed since df.start.
+    WITH starting AS (
+        SELECT i.id, i.submitted_by FROM df.instances AS i
+          JOIN pg_catalog.jsonb_array_elements(p_items) AS e ON e.value ->> 'id' = i.id
+         WHERE i.id = ANY (v_live) AND pg_catalog.jsonb_array_length(COALESCE(e.value -> 'attempts', '[]')) > 0
+    ), verdict AS (
+        SELECT r.submitted_by, df._submitter_refusal(r.submitted_by) AS message
+          FROM (SELECT DISTINCT st.submitted_by FROM starting AS st) AS r
+    )
+    SELECT COALESCE(pg_catalog.jsonb_object_agg(st.id, vd.message), '{}') INTO v_refused
+      FROM starting AS st JOIN verdict AS vd ON vd.submitted_by = st.submitted_by
+     WHERE vd.message IS NOT NULL;
+    -- Compare-and-swap: every node an item updates must still be at the version it read.
+    WITH u AS (
+        SELECT e.value ->> 'id' AS instance_id, x.node_id, x.expected_version
+          FROM pg_catalog.jsonb_array_elements(p_items) AS e,
+               pg_catalog.jsonb_to_recordset(COALESCE(e.value -> 'updates', '[]')) AS x(node_id text, expected_version bigint)
+         WHERE e.value ->> 'id' = ANY (v_live)
+    ), locked AS (
+        SELECT n.instance_id, n.id FROM df.nodes AS n
+          JOIN u ON n.instance_id = u.instance_id AND n.id = u.node_id AND n.resource_version = u.expected_version
+         WHERE n.instance_id = ANY (v_live)
+         ORDER BY n.instance_id, n.id
+           FOR UPDATE OF n
+    )
+    SELECT COALESCE(pg_catalog.array_agg(c.instance_id), '{}') INTO v_conflict FROM (
+        SELECT u.instance_id FROM u
+          LEFT JOIN locked AS l ON l.instance_id = u.instance_id AND l.id = u.node_id
+         GROUP BY u.instance_id HAVING pg_catalog.count(l.id) <> pg_catalog.count(*)) AS c;
 
-        v_updates := COALESCE(it -> 'updates', '[]'::jsonb);
-        v_expected := pg_catalog.jsonb_array_length(v_updates);
-        v_versions := '{}'::jsonb;
-        IF v_expected > 0 THEN
-            SELECT pg_catalog.count(*) INTO v_locked FROM (
-                SELECT 1 FROM pg_catalog.jsonb_to_recordset(v_updates) AS u(node_id text, expected_version bigint)
-                  JOIN df.nodes AS n ON n.instance_id = v_id AND n.id = u.node_id
-                                    AND n.resource_version = u.expected_version
-                 ORDER BY n.id
-                   FOR UPDATE OF n) AS l;
-            IF v_locked <> v_expected THEN
-                v_results := v_results || pg_catalog.jsonb_build_object(v_id, pg_catalog.jsonb_build_object('error', 'conflict'));
-                CONTINUE;
-            END IF;
-            WITH u AS (
-                SELECT * FROM pg_catalog.jsonb_to_recordset(v_updates) AS x(
-                    node_id text, expected_version bigint, status text, result_text text, wake_at timestamptz,
-                    state jsonb, status_details jsonb)
-            ), done AS (
-                UPDATE df.nodes AS n
-                   SET status = u.status, result_text = u.result_text,
-                       result = CASE WHEN u.result_text IS NULL THEN NULL ELSE u.result_text::jsonb END,
-                       wake_at = u.wake_at, state = u.state, status_details = u.status_details
-                  FROM u
-                 WHERE n.instance_id = v_id AND n.id = u.node_id AND n.resource_version = u.expected_version
-                RETURNING n.id, n.resource_version
-            )
-            SELECT COALESCE(pg_catalog.jsonb_object_agg(done.id, done.resource_version), '{}'::jsonb)
-              INTO v_versions FROM done;
-        END IF;
+    SELECT COALESCE(pg_catalog.array_agg(x), '{}') INTO v_ok FROM pg_catalog.unnest(v_live) AS x
+     WHERE NOT v_refused ? x AND x <> ALL (v_conflict);
+    SELECT COALESCE(pg_catalog.jsonb_agg(e.value), '[]') INTO v_items
+      FROM pg_catalog.jsonb_array_elements(p_items) AS e WHERE e.value ->> 'id' = ANY (v_ok);
 
-        UPDATE df.signals AS s SET consumed_by = c.node_id, consumed_at = pg_catalog.clock_timestamp()
-          FROM pg_catalog.jsonb_to_recordset(COALESCE(it -> 'consume', '[]'::jsonb)) AS c(signal_id bigint, node_id text)
-         WHERE s.id = c.signal_id AND s.instance_id = v_id;
+    WITH u AS (
+        SELECT e.value ->> 'id' AS instance_id, x.*
+          FROM pg_catalog.jsonb_array_elements(v_items) AS e,
+               pg_catalog.jsonb_to_recordset(COALESCE(e.value -> 'updates', '[]')) AS x(
+                   node_id text, expected_version bigint, status text, result_text text, wake_at timestamptz,
+                   state jsonb, status_details jsonb)
+    ), done AS (
+        UPDATE df.nodes AS n
+           SET status = u.status, result_text = u.result_text,
+               result = CASE WHEN u.result_text IS NULL THEN NULL ELSE u.result_text::jsonb END,
+               wake_at = u.wake_at, state = u.state, status_details = u.status_details
+          FROM u
+         WHERE n.instance_id = ANY (v_ok) AND n.instance_id = u.instance_id AND n.id = u.node_id
+           AND n.resource_version = u.expected_version
+        RETURNING n.instance_id, n.id, n.resource_version
+    )
+    SELECT COALESCE(pg_catalog.jsonb_object_agg(d.instance_id, d.versions), '{}') INTO v_versions FROM (
+        SELECT done.instance_id, pg_catalog.jsonb_object_agg(done.id, done.resource_version) AS versions
+          FROM done GROUP BY done.instance_id) AS d;
 
-        -- A node the engine changed, ended or starts again has no attempt in flight any more.
-        SELECT pg_catalog.array_agg(x.node_id) INTO v_touched FROM (
-            SELECT u.node_id FROM pg_catalog.jsonb_to_recordset(v_updates) AS u(node_id text)
-            UNION SELECT e.value FROM pg_catalog.jsonb_array_elements_text(COALESCE(it -> 'ended', '[]'::jsonb)) AS e
-            UNION SELECT a.node_id FROM pg_catalog.jsonb_to_recordset(COALESCE(it -> 'attempts', '[]'::jsonb))
-                                        AS a(node_id text)) AS x;
-        IF v_touched IS NOT NULL THEN
-            DELETE FROM df.attempts AS a WHERE a.instance_id = v_id AND a.node_id = ANY (v_touched);
-        END IF;
-        INSERT INTO df.attempts (instance_id, node_id, lease_token, secret_hash, bind_hash)
-        SELECT v_id, a.node_id, q.lease_token, pg_catalog.decode(a.secret_hash, 'hex'), pg_catalog.decode(a.bind_hash, 'hex')
-          FROM pg_catalog.jsonb_to_recordset(COALESCE(it -> 'attempts', '[]'::jsonb))
-               AS a(node_id text, secret_hash text, bind_hash text);
+    UPDATE df.signals AS s SET consumed_by = c.node_id, consumed_at = pg_catalog.clock_timestamp()
+      FROM pg_catalog.jsonb_array_elements(v_items) AS e,
+           pg_catalog.jsonb_to_recordset(COALESCE(e.value -> 'consume', '[]')) AS c(signal_id bigint, node_id text)
+     WHERE s.instance_id = ANY (v_ok) AND s.id = c.signal_id AND s.instance_id = e.value ->> 'id';
 
-        v_status := v_inst.status;
-        IF it ->> 'status' IN ('completed', 'failed') THEN
-            UPDATE df.instances AS i
-               SET status = it ->> 'status', output = it ->> 'output',
-                   execution_count = (it ->> 'execution_count')::bigint,
-                   completed_at = CASE WHEN it ->> 'status' = 'completed' THEN pg_catalog.now() END
-             WHERE i.id = v_id;
-            DELETE FROM df.instance_queue AS x WHERE x.instance_id = v_id;
-            DELETE FROM df.attempts AS a WHERE a.instance_id = v_id;
-            v_done := true;
-            v_status := it ->> 'status';
-        ELSE
-            IF v_inst.status = 'pending' OR (it ->> 'execution_count' IS NOT NULL
-                                             AND (it ->> 'execution_count')::bigint <> v_inst.execution_count) THEN
-                UPDATE df.instances AS i
-                   SET status = 'running',
-                       execution_count = COALESCE((it ->> 'execution_count')::bigint, i.execution_count)
-                 WHERE i.id = v_id;
-                v_status := 'running';
-            END IF;
-            IF (it ->> 'release')::boolean THEN
-                UPDATE df.instance_queue AS x
-                   SET lease_token = NULL, lease_worker = NULL, lease_expires_at = NULL,
-                       wake_at = CASE WHEN x.nudges <> (it ->> 'nudges')::bigint THEN pg_catalog.clock_timestamp()
-                                      ELSE (it ->> 'wake_at')::timestamptz END
-                 WHERE x.instance_id = v_id;
-                DELETE FROM df.attempts AS a WHERE a.instance_id = v_id;
-            END IF;
-        END IF;
-        v_results := v_results || pg_catalog.jsonb_build_object(v_id,
-            pg_catalog.jsonb_build_object('status', v_status, 'versions', v_versions));
-    END LOOP;
-    IF v_done THEN
+    -- A node the engine changed, ended or starts again has no attempt in flight any more.
+    DELETE FROM df.attempts AS a USING (
+        SELECT e.value ->> 'id' AS instance_id, x.node_id
+          FROM pg_catalog.jsonb_array_elements(v_items) AS e,
+               pg_catalog.jsonb_to_recordset(COALESCE(e.value -> 'updates', '[]')) AS x(node_id text)
+        UNION
+        SELECT e.value ->> 'id', x.value
+          FROM pg_catalog.jsonb_array_elements(v_items) AS e,
+               pg_catalog.jsonb_array_elements_text(COALESCE(e.value -> 'ended', '[]')) AS x
+        UNION
+        SELECT e.value ->> 'id', x.node_id
+          FROM pg_catalog.jsonb_array_elements(v_items) AS e,
+               pg_catalog.jsonb_to_recordset(COALESCE(e.value -> 'attempts', '[]')) AS x(node_id text)) AS t
+     WHERE a.instance_id = ANY (v_ok) AND a.instance_id = t.instance_id AND a.node_id = t.node_id;
+    INSERT INTO df.attempts (instance_id, node_id, lease_token, secret_hash, bind_hash)
+    SELECT e.value ->> 'id', x.node_id, (e.value ->> 'token')::uuid, pg_catalog.decode(x.secret_hash, 'hex'),
+           pg_catalog.decode(x.bind_hash, 'hex')
+      FROM pg_catalog.jsonb_array_elements(v_items) AS e,
+           pg_catalog.jsonb_to_recordset(COALESCE(e.value -> 'attempts', '[]')) AS x(node_id text, secret_hash text,
+                                                                                      bind_hash text);
+
+    -- Finished instances leave the queue; the others run, and some are given back.
+    UPDATE df.instances AS i
+       SET status = CASE WHEN e.value ->> 'status' IN ('completed', 'failed') THEN e.value ->> 'status'
+                         ELSE 'running' END,
+           output = CASE WHEN e.value ->> 'status' IN ('completed', 'failed') THEN e.value ->> 'output'
+                         ELSE i.output END,
+           execution_count = COALESCE((e.value ->> 'execution_count')::bigint, i.execution_count),
+           completed_at = CASE WHEN e.value ->> 'status' = 'completed' THEN pg_catalog.now() ELSE i.completed_at END
+      FROM pg_catalog.jsonb_array_elements(v_items) AS e
+     WHERE i.id = ANY (v_ok) AND i.id = e.value ->> 'id'
+       AND (e.value ->> 'status' IN ('completed', 'failed') OR i.status = 'pending'
+            OR (e.value ->> 'execution_count')::bigint IS DISTINCT FROM i.execution_count
+               AND e.value ->> 'execution_count' IS NOT NULL);
+    UPDATE df.instance_queue AS q
+       SET lease_token = NULL, lease_worker = NULL, lease_expires_at = NULL,
+           wake_at = CASE WHEN q.nudges <> (e.value ->> 'nudges')::bigint THEN pg_catalog.clock_timestamp()
+                          ELSE (e.value ->> 'wake_at')::timestamptz END
+      FROM pg_catalog.jsonb_array_elements(v_items) AS e
+     WHERE q.instance_id = ANY (v_ok) AND q.instance_id = e.value ->> 'id'
+       AND COALESCE((e.value ->> 'release')::boolean, false)
+       AND e.value ->> 'status' IS NULL;
+    DELETE FROM df.instance_queue AS q USING pg_catalog.jsonb_array_elements(v_items) AS e
+     WHERE q.instance_id = ANY (v_ok) AND q.instance_id = e.value ->> 'id'
+       AND e.value ->> 'status' IN ('completed', 'failed');
+    DELETE FROM df.attempts AS a USING pg_catalog.jsonb_array_elements(v_items) AS e
+     WHERE a.instance_id = ANY (v_ok) AND a.instance_id = e.value ->> 'id'
+       AND (e.value ->> 'status' IN ('completed', 'failed') OR COALESCE((e.value ->> 'release')::boolean, false));
+    IF EXISTS (SELECT 1 FROM pg_catalog.jsonb_array_elements(v_items) AS e
+                WHERE e.value ->> 'status' IN ('completed', 'failed')) THEN
         PERFORM df._notify_done();
     END IF;
+
+    SELECT COALESCE(pg_catalog.jsonb_object_agg(r.id, r.result), '{}') INTO v_results FROM (
+        SELECT e.value ->> 'id' AS id, CASE
+                   WHEN x.id IS NULL THEN pg_catalog.jsonb_build_object('error', 'lease')
+                   WHEN x.id = ANY (v_ended) THEN pg_catalog.jsonb_build_object('status', i.status,
+                                                                                'versions', '{}'::jsonb)
+                   WHEN v_refused ? x.id THEN pg_catalog.jsonb_build_object('error', 'refused',
+                                                                            'message', v_refused ->> x.id)
+                   WHEN x.id = ANY (v_conflict) THEN pg_catalog.jsonb_build_object('error', 'conflict')
+                   ELSE pg_catalog.jsonb_build_object('status', i.status,
+                                                      'versions', COALESCE(v_versions -> x.id, '{}'::jsonb))
+               END AS result
+          FROM pg_catalog.jsonb_array_elements(p_items) AS e
+          LEFT JOIN pg_catalog.unnest(v_held) AS x(id) ON x.id = e.value ->> 'id'
+          LEFT JOIN df.instances AS i ON i.id = x.id AND i.id = ANY (v_held)) AS r;
     RETURN pg_catalog.jsonb_build_object('now', df._now(), 'results', v_results);
 END
 $$;
@@ -615,13 +657,15 @@ BEGIN
                                      AND q.lease_expires_at > pg_catalog.clock_timestamp()
           JOIN df.instances AS i ON i.id = a.instance_id
                                 AND i.submitted_by = pg_catalog.quote_ident(session_user)::regrole
-         WHERE a.bind_hash = pg_catalog.sha256(pg_catalog.convert_to(b.secret, 'UTF8')) AND a.backend_pid IS NULL
+         WHERE a.instance_id = ANY (p_instance_ids) AND q.instance_id = ANY (p_instance_ids)
+           AND i.id = ANY (p_instance_ids) AND a.bind_hash = pg_catalog.sha256(pg_catalog.convert_to(b.secret, 'UTF8')) AND a.backend_pid IS NULL
     ), bound AS (
         UPDATE df.attempts AS a
            SET backend_pid = pg_catalog.pg_backend_pid(), bind_hash = NULL,
                backend_start = (SELECT s.backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) AS s)
           FROM mine
-         WHERE a.instance_id = mine.instance_id AND a.node_id = mine.node_id
+         WHERE a.instance_id = ANY (p_instance_ids) AND a.instance_id = mine.instance_id
+           AND a.node_id = mine.node_id
         RETURNING 1
     )
     SELECT pg_catalog.count(*) INTO v_bound FROM bound;
@@ -665,7 +709,9 @@ BEGIN
                                      AND q.lease_expires_at > pg_catalog.clock_timestamp()
           JOIN df.instances AS i ON i.id = a.instance_id AND i.status IN ('pending', 'running')
                                 AND i.submitted_by = pg_catalog.quote_ident(session_user)::regrole
-         WHERE a.secret_hash = pg_catalog.sha256(pg_catalog.convert_to(c.secret, 'UTF8'))
+         WHERE a.instance_id = ANY (p_instance_ids) AND q.instance_id = ANY (p_instance_ids)
+           AND i.id = ANY (p_instance_ids)
+           AND a.secret_hash = pg_catalog.sha256(pg_catalog.convert_to(c.secret, 'UTF8'))
            AND a.backend_pid = pg_catalog.pg_backend_pid()
          ORDER BY a.instance_id, a.node_id
            FOR UPDATE OF a) AS ok;
@@ -680,8 +726,8 @@ BEGIN
            SET status = 'completed', result_text = c.result_text, result = c.result_text::jsonb,
                status_details = c.details, wake_at = NULL
           FROM c
-         WHERE n.instance_id = c.instance_id AND n.id = c.node_id AND n.status = 'running'
-           AND n.resource_version = c.expected_version
+         WHERE n.instance_id = ANY (p_instance_ids) AND n.instance_id = c.instance_id AND n.id = c.node_id
+           AND n.status = 'running' AND n.resource_version = c.expected_version
         RETURNING c.ord, n.resource_version
     )
     SELECT pg_catalog.array_agg(done.resource_version ORDER BY done.ord) INTO v_versions FROM done;
@@ -691,7 +737,7 @@ BEGIN
     END IF;
     DELETE FROM df.attempts AS a
      USING ROWS FROM (pg_catalog.unnest(p_instance_ids), pg_catalog.unnest(p_node_ids)) AS c(instance_id, node_id)
-     WHERE a.instance_id = c.instance_id AND a.node_id = c.node_id;
+     WHERE a.instance_id = ANY (p_instance_ids) AND a.instance_id = c.instance_id AND a.node_id = c.node_id;
     RETURN v_versions;
 END
 $$;

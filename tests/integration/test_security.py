@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PUBLIC_DEFINER = {
     "_caller", "_start_v1", "_cancel_v2", "_signal_v2", "_run_v1", "_checkpoint_v1", "_now", "_in_workflow",
     "_list_max_limit", "_set_metadata_v1", "_delete_instance_v1", "_wait_begin_v1", "_wait_end_v1",
+    "_bind_v1", "_checkpoint_v2",
 }
 
 
@@ -69,6 +70,11 @@ def test_internal_definer_functions_are_not_public(db):
     "SELECT df._apply_v1('aaaaaaaa', gen_random_uuid(), '[]', '[]', 'completed', 'x', 1)",
     "SELECT df._begin_attempt_v1('aaaaaaaa', 'bbbbbbbb', gen_random_uuid(), '\\x00', pg_backend_pid())",
     "SELECT df._worker_settings_v1()",
+    "SELECT df._claim_v2(gen_random_uuid(), 10)",
+    "SELECT df._load_v2(ARRAY['aaaaaaaa'])",
+    "SELECT df._nudges_v2(ARRAY['aaaaaaaa'])",
+    "SELECT df._snapshot(ARRAY['aaaaaaaa'])",
+    "SELECT df._advance_v2(gen_random_uuid(), '[{\"id\": \"aaaaaaaa\", \"status\": \"completed\"}]')",
     "SELECT df._setting('fake_now')",
     "SELECT df._fire_fault_v1('after_claim')",
     "SELECT df.grant_usage(current_user)",
