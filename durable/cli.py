@@ -166,6 +166,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     workers = [args.workers] if args.workers else None
     result = run_bench(args.dsn, quick=args.quick, workers=workers, progress=progress)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
+    if not result["verified"]:
+        print("durable bench: some results were wrong (see \"verified\"): the numbers do not count",
+              file=sys.stderr)
+        return EXIT_ERROR
     return EXIT_OK
 
 
