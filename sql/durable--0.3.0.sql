@@ -1411,12 +1411,15 @@ CREATE FUNCTION df._in_workflow() RETURNS boolean
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-    -- The backend's start time guards against a pid reused by a later session.
+    -- The backend's start time guards against a pid reused by a later session.  An attempt bound in
+    -- the step's own transaction (0.3.0) records no start time: it counts only in that transaction.
     SELECT EXISTS (
         SELECT 1 FROM df.attempts AS a
          WHERE a.backend_pid = pg_catalog.pg_backend_pid()
-           AND a.backend_start IS NOT DISTINCT FROM (SELECT s.backend_start FROM pg_catalog.pg_stat_activity AS s
-                                                      WHERE s.pid = pg_catalog.pg_backend_pid()))
+           AND (a.backend_start IS NOT DISTINCT FROM (SELECT s.backend_start FROM pg_catalog.pg_stat_activity AS s
+                                                       WHERE s.pid = pg_catalog.pg_backend_pid())
+                OR (a.backend_start IS NULL AND a.bind_hash IS NULL
+                    AND a.xmin = pg_catalog.xid(pg_catalog.pg_current_xact_id_if_assigned()))))
 $$;
 
 CREATE FUNCTION df.in_workflow() RETURNS boolean
@@ -3231,9 +3234,10 @@ GRANT SELECT ON df.instance_vars TO durable_worker;
 CREATE FUNCTION df._snapshot(p_ids text[]) RETURNS jsonb
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 BEGIN
-    RETURN pg_catalog.jsonb_build_object('now', df._now(), 'instances', COALESCE((
+    RETURN pg_catalog.jsonb_build_object('now', COALESCE((SELECT f.value::timestamptz FROM df.settings AS f WHERE f.key = 'fake_now'), pg_catalog.now()), 'instances', COALESCE((
         WITH n AS (
             SELECT n.instance_id, pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
                        'id', n.id, 'node_type', n.node_type, 'query', n.query, 'result_name', n.result_name,
@@ -3271,10 +3275,12 @@ $$;
 CREATE FUNCTION df._claim_v2(p_worker uuid, p_limit integer) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_now   timestamptz := pg_catalog.clock_timestamp();
-    v_due   timestamptz := GREATEST(df._now(), pg_catalog.clock_timestamp());
+    v_due   timestamptz := GREATEST(COALESCE((SELECT s.value::timestamptz FROM df.settings AS s WHERE s.key = 'fake_now'), pg_catalog.now()),
+                                    pg_catalog.clock_timestamp());
     v_lease interval := pg_catalog.make_interval(secs => COALESCE(df._setting('lease_seconds')::double precision, 30));
     v_ids   text[];
 BEGIN
@@ -3334,6 +3340,7 @@ $$;
 CREATE FUNCTION df._advance_v2(p_worker uuid, p_items jsonb) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_now       timestamptz := pg_catalog.clock_timestamp();
@@ -3494,43 +3501,46 @@ BEGIN
           FROM pg_catalog.jsonb_array_elements(p_items) AS e
           LEFT JOIN pg_catalog.unnest(v_held) AS x(id) ON x.id = e.value ->> 'id'
           LEFT JOIN df.instances AS i ON i.id = x.id AND i.id = ANY (v_held)) AS r;
-    RETURN pg_catalog.jsonb_build_object('now', df._now(), 'results', v_results);
+    RETURN pg_catalog.jsonb_build_object('now', COALESCE((SELECT s.value::timestamptz FROM df.settings AS s WHERE s.key = 'fake_now'), pg_catalog.now()),
+                                         'results', v_results);
 END
 $$;
 
 -- Called on the SUBMITTER's connection, first in a step's transaction: binds
 -- each attempt to this backend (df.in_workflow() and the checkpoint check
 -- it), proven by a one-use bind secret (not the checkpoint's secret).  Only a
--- session of the instance's submitter, under a live lease, can bind.
-CREATE FUNCTION df._bind_v1(p_instance_ids text[], p_node_ids text[], p_secrets text[]) RETURNS void
+-- session of the instance's submitter, under a live lease, can bind.  In a
+-- transaction (p_autocommit false) the binding never outlives it: the
+-- checkpoint deletes the attempt in the same transaction, and a rollback
+-- undoes the binding; so only an autocommit bind (a statement that cannot
+-- run in a transaction block) records the backend's start time, which tells
+-- a later session that reuses the pid apart.
+CREATE FUNCTION df._bind_v1(p_instance_ids text[], p_node_ids text[], p_secrets text[],
+                            p_autocommit boolean DEFAULT false)
+RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
-    v_n     integer := pg_catalog.cardinality(p_instance_ids);
     v_bound integer;
 BEGIN
-    WITH mine AS (
-        SELECT a.instance_id, a.node_id
-          FROM ROWS FROM (pg_catalog.unnest(p_instance_ids), pg_catalog.unnest(p_node_ids), pg_catalog.unnest(p_secrets)) AS b(instance_id, node_id, secret)
-          JOIN df.attempts AS a ON a.instance_id = b.instance_id AND a.node_id = b.node_id
-          JOIN df.instance_queue AS q ON q.instance_id = a.instance_id AND q.lease_token = a.lease_token
-                                     AND q.lease_expires_at > pg_catalog.clock_timestamp()
-          JOIN df.instances AS i ON i.id = a.instance_id
-                                AND i.submitted_by = pg_catalog.quote_ident(session_user)::regrole
-         WHERE a.instance_id = ANY (p_instance_ids) AND q.instance_id = ANY (p_instance_ids)
-           AND i.id = ANY (p_instance_ids) AND a.bind_hash = pg_catalog.sha256(pg_catalog.convert_to(b.secret, 'UTF8')) AND a.backend_pid IS NULL
-    ), bound AS (
-        UPDATE df.attempts AS a
-           SET backend_pid = pg_catalog.pg_backend_pid(), bind_hash = NULL,
-               backend_start = (SELECT s.backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) AS s)
-          FROM mine
-         WHERE a.instance_id = ANY (p_instance_ids) AND a.instance_id = mine.instance_id
-           AND a.node_id = mine.node_id
-        RETURNING 1
-    )
-    SELECT pg_catalog.count(*) INTO v_bound FROM bound;
-    IF v_bound IS DISTINCT FROM v_n THEN
+    UPDATE df.attempts AS a
+       SET backend_pid = pg_catalog.pg_backend_pid(), bind_hash = NULL,
+           backend_start = CASE WHEN p_autocommit THEN
+               (SELECT s.backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) AS s) END
+      FROM ROWS FROM (pg_catalog.unnest(p_instance_ids), pg_catalog.unnest(p_node_ids),
+                      pg_catalog.unnest(p_secrets)) AS b(instance_id, node_id, secret),
+           df.instance_queue AS q, df.instances AS i
+     WHERE a.instance_id = ANY (p_instance_ids) AND q.instance_id = ANY (p_instance_ids)
+       AND i.id = ANY (p_instance_ids)
+       AND a.instance_id = b.instance_id AND a.node_id = b.node_id
+       AND a.bind_hash = pg_catalog.sha256(pg_catalog.convert_to(b.secret, 'UTF8')) AND a.backend_pid IS NULL
+       AND q.instance_id = a.instance_id AND q.lease_token = a.lease_token
+       AND q.lease_expires_at > pg_catalog.clock_timestamp()
+       AND i.id = a.instance_id AND i.submitted_by = pg_catalog.quote_ident(session_user)::regrole;
+    GET DIAGNOSTICS v_bound = ROW_COUNT;
+    IF v_bound IS DISTINCT FROM pg_catalog.cardinality(p_instance_ids) THEN
         RAISE EXCEPTION 'durable: attempt refused' USING ERRCODE = 'DF014';
     END IF;
 END
@@ -3539,17 +3549,18 @@ $$;
 -- Called on the SUBMITTER's connection, in the steps' own transaction, right
 -- after their statements: records every result of the transaction or none.
 -- The transaction must still be the one the steps began in (p_xid), each
--- attempt's secret must match, on this backend, under a live lease, for a
--- running node of a live instance of this session's role, at the version
--- the node had when the attempt started.  Locks in the worker's order: queue
--- rows (KEY SHARE: a takeover waits, heartbeats do not), instance rows
--- (SHARE: ordered against df.cancel), then attempts and nodes.  Returns the
--- nodes' new resource_versions, in argument order.
+-- attempt's secret must match, on the backend that bound it, under a live
+-- lease, for a running node of a live instance of this session's role, at
+-- the version the node had when the attempt started.  Locks in the worker's
+-- order: queue rows (KEY SHARE: a takeover waits, heartbeats do not), then
+-- instance rows (SHARE: ordered against df.cancel), then attempts and nodes.
+-- Returns the nodes' new resource_versions, in argument order.
 CREATE FUNCTION df._checkpoint_v2(p_xid text, p_instance_ids text[], p_node_ids text[], p_secrets text[],
                                   p_results text[], p_details jsonb[], p_versions bigint[])
 RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_n        integer := pg_catalog.cardinality(p_instance_ids);
@@ -3560,33 +3571,35 @@ BEGIN
         RAISE EXCEPTION 'durable: checkpoint refused: the step ended its transaction' USING ERRCODE = 'DF014';
     END IF;
     PERFORM 1 FROM df.instance_queue AS q WHERE q.instance_id = ANY (p_instance_ids)
-      ORDER BY q.instance_id FOR KEY SHARE OF q;
+      ORDER BY q.instance_id FOR KEY SHARE;
     PERFORM 1 FROM df.instances AS i WHERE i.id = ANY (p_instance_ids) ORDER BY i.id FOR SHARE;
-    SELECT pg_catalog.count(*) INTO v_count FROM (
-        SELECT 1
-          FROM ROWS FROM (pg_catalog.unnest(p_instance_ids), pg_catalog.unnest(p_node_ids), pg_catalog.unnest(p_secrets)) AS c(instance_id, node_id, secret)
-          JOIN df.attempts AS a ON a.instance_id = c.instance_id AND a.node_id = c.node_id
-          JOIN df.instance_queue AS q ON q.instance_id = a.instance_id AND q.lease_token = a.lease_token
-                                     AND q.lease_expires_at > pg_catalog.clock_timestamp()
-          JOIN df.instances AS i ON i.id = a.instance_id AND i.status IN ('pending', 'running')
-                                AND i.submitted_by = pg_catalog.quote_ident(session_user)::regrole
-         WHERE a.instance_id = ANY (p_instance_ids) AND q.instance_id = ANY (p_instance_ids)
-           AND i.id = ANY (p_instance_ids)
-           AND a.secret_hash = pg_catalog.sha256(pg_catalog.convert_to(c.secret, 'UTF8'))
-           AND a.backend_pid = pg_catalog.pg_backend_pid()
-         ORDER BY a.instance_id, a.node_id
-           FOR UPDATE OF a) AS ok;
+    -- Deleting the attempts checks them: each must match its secret, this backend and a live lease
+    -- of a running instance of this session's role.
+    DELETE FROM df.attempts AS a
+     USING ROWS FROM (pg_catalog.unnest(p_instance_ids), pg_catalog.unnest(p_node_ids),
+                      pg_catalog.unnest(p_secrets)) AS c(instance_id, node_id, secret),
+           df.instance_queue AS q, df.instances AS i
+     WHERE a.instance_id = ANY (p_instance_ids) AND q.instance_id = ANY (p_instance_ids)
+       AND i.id = ANY (p_instance_ids)
+       AND a.instance_id = c.instance_id AND a.node_id = c.node_id
+       AND a.secret_hash = pg_catalog.sha256(pg_catalog.convert_to(c.secret, 'UTF8'))
+       AND a.backend_pid = pg_catalog.pg_backend_pid()
+       AND q.instance_id = a.instance_id AND q.lease_token = a.lease_token
+       AND q.lease_expires_at > pg_catalog.clock_timestamp()
+       AND i.id = a.instance_id AND i.status IN ('pending', 'running')
+       AND i.submitted_by = pg_catalog.quote_ident(session_user)::regrole;
+    GET DIAGNOSTICS v_count = ROW_COUNT;
     IF v_count IS DISTINCT FROM v_n THEN
         RAISE EXCEPTION 'durable: checkpoint refused' USING ERRCODE = 'DF014';
     END IF;
-    WITH c AS (
-        SELECT * FROM ROWS FROM (pg_catalog.unnest(p_instance_ids), pg_catalog.unnest(p_node_ids), pg_catalog.unnest(p_results), pg_catalog.unnest(p_details), pg_catalog.unnest(p_versions))
-               WITH ORDINALITY AS x(instance_id, node_id, result_text, details, expected_version, ord)
-    ), done AS (
+    WITH done AS (
         UPDATE df.nodes AS n
            SET status = 'completed', result_text = c.result_text, result = c.result_text::jsonb,
                status_details = c.details, wake_at = NULL
-          FROM c
+          FROM ROWS FROM (pg_catalog.unnest(p_instance_ids), pg_catalog.unnest(p_node_ids),
+                          pg_catalog.unnest(p_results), pg_catalog.unnest(p_details),
+                          pg_catalog.unnest(p_versions)) WITH ORDINALITY
+               AS c(instance_id, node_id, result_text, details, expected_version, ord)
          WHERE n.instance_id = ANY (p_instance_ids) AND n.instance_id = c.instance_id AND n.id = c.node_id
            AND n.status = 'running' AND n.resource_version = c.expected_version
         RETURNING c.ord, n.resource_version
@@ -3596,10 +3609,30 @@ BEGIN
         RAISE EXCEPTION 'durable: checkpoint refused: the node is no longer running this attempt'
             USING ERRCODE = 'DF014';
     END IF;
-    DELETE FROM df.attempts AS a
-     USING ROWS FROM (pg_catalog.unnest(p_instance_ids), pg_catalog.unnest(p_node_ids)) AS c(instance_id, node_id)
-     WHERE a.instance_id = ANY (p_instance_ids) AND a.instance_id = c.instance_id AND a.node_id = c.node_id;
     RETURN v_versions;
+END
+$$;
+
+-- Run by the worker on a SUBMITTER's connection between two steps of one
+-- transaction (the opt-in batched mode), with the submitter's own rights:
+-- nothing one step left in its session reaches the next (what DISCARD ALL
+-- does between transactions, as far as it can be done inside one), then
+-- the next step's timeout and string syntax, as the login role.
+CREATE FUNCTION df._step_reset_v1(p_timeout text) RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    EXECUTE 'CLOSE ALL';
+    EXECUTE 'DEALLOCATE ALL';
+    RESET ALL;
+    EXECUTE 'DISCARD TEMP';
+    EXECUTE 'DISCARD SEQUENCES';
+    EXECUTE 'UNLISTEN *';
+    PERFORM pg_catalog.pg_advisory_unlock_all();
+    PERFORM pg_catalog.set_config('statement_timeout', p_timeout, true),
+            pg_catalog.set_config('standard_conforming_strings', 'on', true),
+            pg_catalog.set_config('role', 'none', true);
 END
 $$;
 

@@ -128,14 +128,12 @@ SELECT df._advance_v2(%(worker_id)s, %(items)s)
 
 -- name: bind --
 -- On the submitter's connection, first in a step's transaction: bind the attempts to this backend.
-SELECT df._bind_v1(%(instance_ids)s, %(node_ids)s, %(secrets)s)
+SELECT df._bind_v1(%(instance_ids)s, %(node_ids)s, %(secrets)s, %(autocommit)s)
 
--- name: step_prepare_batch --
--- On the submitter's connection, before each later step of a batch: its timeout and string syntax
--- again (after RESET ALL), and the login role.
-SELECT pg_catalog.set_config('statement_timeout', %(timeout)s, true),
-       pg_catalog.set_config('standard_conforming_strings', 'on', true),
-       pg_catalog.set_config('role', 'none', true)
+-- name: step_reset --
+-- On the submitter's connection, before each later step of a batch: nothing the step before left in
+-- the session reaches it; its timeout and string syntax again.
+SELECT df._step_reset_v1(%(timeout)s)
 
 -- name: checkpoint_v2 --
 -- Record the results of the transaction's steps, all or none (secret-checked, 0.3.0).

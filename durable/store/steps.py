@@ -323,7 +323,7 @@ class StepRunner:
             conn.autocommit = True
             try:
                 conn.execute(query("step_prepare_session"), {"timeout": f"{timeout_ms}ms"})
-                conn.execute(query("bind"), _bind_params([job]))
+                conn.execute(query("bind"), _bind_params([job], autocommit=True))
             except BaseException as exc:
                 return _refused_bind(exc)
             cur = conn.cursor()
@@ -391,6 +391,10 @@ class StepRunner:
             _rollback(conn)
             if not _ran(bound):
                 return done + [(j, _refused_bind(exc)) for j in live]
+            # From here on each step is cancellable only while its own statement runs: a cancel of
+            # one instance must not interrupt a neighbour's statement.
+            for job in live:
+                job.handle.attach(None)
             return done + self._batch_with_savepoints(conn, live, timeout_ms)
         self.fault("after_statement")
         outcome = self._commit(conn, live, texts, xid)
@@ -400,10 +404,9 @@ class StepRunner:
         return done + [(j, self._single(conn, j, timeout_ms)) for j in live]
 
     def _between_steps(self, conn: psycopg.Connection[Any], timeout: dict[str, str]) -> None:
-        """Nothing one step of a batch set in its session reaches the next one."""
-        conn.execute("RESET ALL")
-        conn.execute("DISCARD TEMP")
-        conn.execute(query("step_prepare_batch"), timeout)
+        """Nothing one step of a batch left in its session reaches the next one (df._step_reset_v1:
+        what the reset between transactions does, that can be done inside one)."""
+        conn.execute(query("step_reset"), timeout)
 
     def _batch_with_savepoints(self, conn: psycopg.Connection[Any], jobs: list[StepJob],
                                timeout_ms: int) -> list[tuple[StepJob, StepResult]]:
@@ -425,8 +428,13 @@ class StepRunner:
                 conn.execute("SAVEPOINT durable_step")
                 if i:
                     self._between_steps(conn, timeout)
-                cur = conn.cursor()
-                cur.execute(job.sql.encode(), binary=True)
+                if not job.handle.attach(conn):
+                    raise _Cancelled()
+                try:
+                    cur = conn.cursor()
+                    cur.execute(job.sql.encode(), binary=True)
+                finally:
+                    job.handle.attach(None)
                 text = results.rows_json(cur, self.max_result_bytes)
                 conn.execute(query("step_constraints"))
                 conn.execute("RELEASE SAVEPOINT durable_step")
@@ -440,6 +448,8 @@ class StepRunner:
                         [(j, StepResult(Outcome.RETRY, message=str(exc))) for j in alone + [k for k, _ in kept]]
                 if isinstance(exc, (pg_errors.ActiveSqlTransaction, pg_errors.InvalidTransactionTermination)):
                     alone.append(job)
+                elif isinstance(exc, _Cancelled):
+                    failed.append((job, StepResult(Outcome.CANCELLED)))
                 else:
                     failed.append((job, StepResult(Outcome.CANCELLED) if job.handle.cancelled else _classify(exc)))
         out = list(failed)
@@ -562,6 +572,10 @@ class _NotInTransactionBlock(Exception):
     pass
 
 
+class _Cancelled(Exception):
+    """The step was cancelled before its statement started."""
+
+
 class _StepEscaped(Exception):
     pass
 
@@ -622,9 +636,9 @@ _TX_CONTROL_REFUSED = ("transaction control statements (BEGIN, COMMIT, ROLLBACK,
                        "steps: each step already runs in its own transaction")
 
 
-def _bind_params(jobs: list[StepJob]) -> dict[str, Any]:
+def _bind_params(jobs: list[StepJob], *, autocommit: bool = False) -> dict[str, Any]:
     return {"instance_ids": [j.instance_id for j in jobs], "node_ids": [j.node_id for j in jobs],
-            "secrets": [j.bind_secret for j in jobs]}
+            "secrets": [j.bind_secret for j in jobs], "autocommit": autocommit}
 
 
 def _ran(cur: psycopg.Cursor[Any]) -> bool:

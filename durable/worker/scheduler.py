@@ -1,6 +1,8 @@
 """The worker's scheduler for schema 0.3.0 and later: every held instance in memory, one thread.
 
-One loop owns every instance this worker holds.  It reads them when it
+One loop owns every instance this worker holds, and never waits for the
+database: its writes and claims run on a few I/O threads while it goes on
+with the instances they do not touch.  It reads them when it
 claims them (one call for many), keeps their rows current from what it
 writes and from what each step's checkpoint returns, decides with the pure
 engine, and writes the decisions of all instances that moved in one call
@@ -20,6 +22,7 @@ import logging
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -39,6 +42,7 @@ MAX_CONFLICT_RETRIES = 5
 # A timer due sooner than this is waited for while holding the instance.
 HOLD_HORIZON = timedelta(seconds=2)
 NUDGE_POLL_SECONDS = 0.25
+MAX_WRITES = 3  # decisions written at once, each for many instances
 TERMINAL = ("completed", "failed", "cancelled")
 RETRY_DELAY = timedelta(seconds=1)
 
@@ -85,6 +89,7 @@ class Held:
     conflicts: int = 0
     fail_instance: str | None = None                 # refused submitter: fail the whole instance
     retry: bool = False                              # infrastructure trouble: give it back for a second
+    writing: bool = False                            # a write of its decision is in flight
 
 
 class Scheduler:
@@ -94,10 +99,17 @@ class Scheduler:
         self.batch = max(1, batch)
         self.held: dict[str, Held] = {}
         self.done: deque[list[tuple[StepJob, StepResult]]] = deque()
+        # Writes and claims run on I/O threads; their outcomes come back through these.
+        self.io = ThreadPoolExecutor(MAX_WRITES + 1, thread_name_prefix="durable-io")
+        self.written: deque[tuple[list[dict[str, Any]], dict[str, list[StepJob]], Future[Any]]] = deque()
+        self.writes = 0
+        self.claimed: deque[Future[Read]] = deque()
+        self.claiming = False
         self.max_held = worker.concurrency
         self.last_claim = 0.0
         self.last_nudge_poll = 0.0
         self.nudge_seq = worker.nudge_seq
+        self.work_seq = -1
         self.backoff = 0.0
 
     # -- the loop -------------------------------------------------------------------------------
@@ -107,7 +119,8 @@ class Scheduler:
             stopping = self.worker.stopping.is_set()
             if stopping:
                 stop_deadline = stop_deadline or time.monotonic() + 60
-                if not self.held or time.monotonic() > stop_deadline:
+                idle = not self.held and not self.writes and not self.claiming
+                if idle or time.monotonic() > stop_deadline:
                     break
             self._wait()
             try:
@@ -121,12 +134,14 @@ class Scheduler:
                 self.worker.stopping.wait(self.backoff)
         for h in list(self.held.values()):
             self._cancel_steps(h)
+        self.io.shutdown(wait=True)
 
     def busy(self) -> bool:
         return bool(self.held)
 
     def _wait(self) -> None:
-        if self.done or any(h.dirty or h.reload for h in self.held.values()):
+        if self.done or self.written or self.claimed or \
+                any((h.dirty or h.reload) and not h.writing for h in self.held.values()):
             return
         timeout = self.worker.poll_interval - (time.monotonic() - self.last_claim)
         if self.held:
@@ -145,7 +160,7 @@ class Scheduler:
         t1 = time.perf_counter()
         self._poll_nudges()
         self._timers()
-        self._reload([h for h in self.held.values() if h.reload])
+        self._reload([h for h in self.held.values() if h.reload and not h.writing])
         t2 = time.perf_counter()
         n = self._advance(stopping)
         t3 = time.perf_counter()
@@ -158,6 +173,10 @@ class Scheduler:
 
     # -- what happened ----------------------------------------------------------------------------
     def _collect(self) -> None:
+        while self.claimed:
+            self._claimed(self.claimed.popleft())
+        while self.written:
+            self._written(*self.written.popleft())
         while self.done:
             for job, result in self.done.popleft():
                 h = self.held.get(job.instance_id)
@@ -230,23 +249,51 @@ class Scheduler:
         return h.now + timedelta(seconds=time.monotonic() - h.read_at)
 
     def _advance(self, stopping: bool) -> int:
+        """Decide every instance that moved and send the decisions in one write (in the background)."""
+        if self.writes >= MAX_WRITES:
+            return 0
         items: list[dict[str, Any]] = []
         plans: dict[str, list[StepJob]] = {}
         for h in list(self.held.values()):
-            if not h.dirty or h.reload:
+            if not h.dirty or h.reload or h.writing:
                 continue
             h.dirty = False
             item = self._item(h, stopping, plans)
             if item is not None:
+                h.writing = True
                 items.append(item)
         if not items:
             return 0
-        now, results = self.db.advance_v2(self.worker.worker_id, items)
-        for item in items:
-            h = self.held[item["id"]]
-            self._applied(h, item, results.get(h.iid) or {"error": "lease"}, now, plans.get(h.iid, []))
-        self._dispatch([j for jobs in plans.values() for j in jobs])
+        self.writes += 1
+        future = self.io.submit(self.db.advance_v2, self.worker.worker_id, items)
+        future.add_done_callback(lambda f: self._arrived(self.written, (items, plans, f)))
         return len(items)
+
+    def _arrived(self, into: deque[Any], what: Any) -> None:
+        into.append(what)
+        self.worker.wakeup.set()
+
+    def _written(self, items: list[dict[str, Any]], plans: dict[str, list[StepJob]], future: Future[Any]) -> None:
+        self.writes -= 1
+        try:
+            now, results = future.result()
+        except Exception as exc:  # noqa: BLE001 - the database may be restarting: read again, later
+            log.warning("writing decisions failed: %s", exc)
+            for item in items:
+                h = self.held.get(item["id"])
+                if h is not None:
+                    h.writing, h.reload = False, True
+            self.backoff = min(max(self.backoff * 2, 0.5), 5.0)
+            self.worker.stopping.wait(self.backoff)
+            return
+        for item in items:
+            h = self.held.get(item["id"])
+            if h is None:
+                continue
+            h.writing = False
+            self._applied(h, item, results.get(h.iid) or {"error": "lease"}, now, plans.get(h.iid, []))
+        self._dispatch([j for iid, jobs in plans.items() if iid in self.held for j in jobs
+                        if self.held[iid].inflight.get(j.node_id) is j])
 
     def _item(self, h: Held, stopping: bool, plans: dict[str, list[StepJob]]) -> dict[str, Any] | None:
         base: dict[str, Any] = {"id": h.iid, "token": str(h.token), "ended": sorted(h.ended), "nudges": h.nudges}
@@ -380,17 +427,31 @@ class Scheduler:
     def _claim(self) -> None:
         free = self.max_held - len(self.held)
         due = time.monotonic() - self.last_claim >= self.worker.poll_interval
-        woken = self.worker.work_seq != getattr(self, "_work_seq", None)
-        if free <= 0 or not (due or woken or not self.held or free >= max(1, self.max_held // 4)):
+        woken = self.worker.work_seq != self.work_seq
+        if self.claiming or free <= 0 or \
+                not (due or woken or not self.held or free >= max(1, self.max_held // 4)):
             return
-        self._work_seq = self.worker.work_seq
+        self.work_seq = self.worker.work_seq
         self.last_claim = time.monotonic()
-        read: Read = self.db.claim_v2(self.worker.worker_id, free)
+        self.claiming = True
+        future = self.io.submit(self.db.claim_v2, self.worker.worker_id, free)
+        future.add_done_callback(lambda f: self._arrived(self.claimed, f))
+
+    def _claimed(self, future: Future[Read]) -> None:
+        self.claiming = False
+        try:
+            read = future.result()
+        except Exception as exc:  # noqa: BLE001 - the database may be restarting: claim again, later
+            log.warning("claim failed: %s", exc)
+            self.backoff = min(max(self.backoff * 2, 0.5), 5.0)
+            self.worker.stopping.wait(self.backoff)
+            return
+        self.backoff = 0.0
         if read.settings is not None:
             self.worker.settings = read.settings
         for snap in read.instances:
             self.worker.fault("after_claim")
             iid = snap.instance["id"]
             self.held[iid] = Held(iid, snap.lease_token, snap.nudges, snap, time.monotonic(), read.now)
-        if len(read.instances) == free:
+        if read.instances and len(read.instances) >= self.max_held // 4:
             self.worker.wakeup.set()  # there may be more: claim again at once

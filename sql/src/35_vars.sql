@@ -13,12 +13,15 @@ CREATE FUNCTION df._in_workflow() RETURNS boolean
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-    -- The backend's start time guards against a pid reused by a later session.
+    -- The backend's start time guards against a pid reused by a later session.  An attempt bound in
+    -- the step's own transaction (0.3.0) records no start time: it counts only in that transaction.
     SELECT EXISTS (
         SELECT 1 FROM df.attempts AS a
          WHERE a.backend_pid = pg_catalog.pg_backend_pid()
-           AND a.backend_start IS NOT DISTINCT FROM (SELECT s.backend_start FROM pg_catalog.pg_stat_activity AS s
-                                                      WHERE s.pid = pg_catalog.pg_backend_pid()))
+           AND (a.backend_start IS NOT DISTINCT FROM (SELECT s.backend_start FROM pg_catalog.pg_stat_activity AS s
+                                                       WHERE s.pid = pg_catalog.pg_backend_pid())
+                OR (a.backend_start IS NULL AND a.bind_hash IS NULL
+                    AND a.xmin = pg_catalog.xid(pg_catalog.pg_current_xact_id_if_assigned()))))
 $$;
 
 CREATE FUNCTION df.in_workflow() RETURNS boolean

@@ -263,13 +263,9 @@ def test_session_state_of_a_batch_does_not_reach_later_transactions(alice, db, s
 # More session state a step can leave, each followed by a step that trips over it if it leaks.
 # Between the steps of a batch the worker runs RESET ALL and DISCARD TEMP only, not the DEALLOCATE ALL and
 # CLOSE ALL of its reset between transactions (durable/store/steps.py `_between_steps` vs `_RESET`).
-_LEAK = ("batched mode: _between_steps does not DEALLOCATE ALL / CLOSE ALL, so a step's prepared statement or "
-         "cursor reaches the next step of the batch, which fails with 'already exists' (it completes alone)")
 LEAKS = [
-    pytest.param("PREPARE p AS SELECT 1", "PREPARE p AS SELECT 2", id="prepared-statement",
-                 marks=pytest.mark.xfail(strict=True, reason=_LEAK)),
-    pytest.param("DECLARE c CURSOR FOR SELECT 1", "DECLARE c CURSOR FOR SELECT 2", id="cursor",
-                 marks=pytest.mark.xfail(strict=True, reason=_LEAK)),
+    pytest.param("PREPARE p AS SELECT 1", "PREPARE p AS SELECT 2", id="prepared-statement"),
+    pytest.param("DECLARE c CURSOR FOR SELECT 1", "DECLARE c CURSOR FOR SELECT 2", id="cursor"),
     pytest.param("SET TRANSACTION READ ONLY", "INSERT INTO public.effects VALUES (7)", id="read-only"),
 ]
 
@@ -373,10 +369,6 @@ def test_cancel_of_a_long_step_in_a_batch(alice, db, start_worker):
     assert not active(db, long_sql)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "batched mode: every job of a batch attaches the same connection, so df.cancel of one instance sends a "
-    "cancel request that interrupts whatever statement runs on it; in the savepoint pass the neighbour's 57014 "
-    "is classified as its own failure (steps.py _batch_with_savepoints -> _classify) and fails its instance"))
 def test_cancel_of_one_instance_does_not_interrupt_a_neighbours_statement(alice, db, start_worker):
     """The batch shares one connection: cancelling one instance's step must not cancel the statement of
     another instance that is running on that connection at the time."""
