@@ -126,6 +126,12 @@ SELECT df._nudges_v2(%(instance_ids)s)
 -- Write the engine's decisions for many held instances at once (0.3.0).
 SELECT df._advance_v2(%(worker_id)s, %(items)s)
 
+-- name: step_begin --
+-- On the submitter's connection, first in the step's transaction: step_prepare and bind in one statement.
+SELECT pg_catalog.set_config('statement_timeout', %(timeout)s, true), pg_catalog.pg_current_xact_id(),
+       pg_catalog.set_config('standard_conforming_strings', 'on', true),
+       df._bind_v1(%(instance_ids)s, %(node_ids)s, %(secrets)s, %(autocommit)s)
+
 -- name: bind --
 -- On the submitter's connection, first in a step's transaction: bind the attempts to this backend.
 SELECT df._bind_v1(%(instance_ids)s, %(node_ids)s, %(secrets)s, %(autocommit)s)

@@ -261,19 +261,18 @@ class StepRunner:
             return None
 
     def _single(self, conn: psycopg.Connection[Any], job: StepJob, timeout_ms: int) -> StepResult:
-        """One step, one transaction: [BEGIN, prepare, bind, statement] then [constraints, guard,
+        """One step, one transaction: [BEGIN, prepare and bind, statement] then [constraints, guard,
         checkpoint, COMMIT], each group one round trip."""
         if not job.handle.attach(conn):
             return StepResult(Outcome.CANCELLED)
         bound: psycopg.Cursor[Any] | None = None
         try:
             with conn.pipeline() as p:
-                prep = conn.execute(query("step_prepare"), {"timeout": f"{timeout_ms}ms"})
-                bound = conn.execute(query("bind"), _bind_params([job]))
+                bound = conn.execute(query("step_begin"), {"timeout": f"{timeout_ms}ms", **_bind_params([job])})
                 cur = conn.cursor()
                 cur.execute(job.sql.encode(), binary=True)  # extended protocol: one statement only
                 p.sync()
-            xid = str(_row(prep)[1])
+            xid = str(_row(bound)[1])
             result_text = results.rows_json(cur, self.max_result_bytes)
         except BaseException as exc:
             _rollback(conn)
@@ -374,8 +373,7 @@ class StepRunner:
         timeout = {"timeout": f"{timeout_ms}ms"}
         try:
             with conn.pipeline() as p:
-                prep = conn.execute(query("step_prepare"), timeout)
-                bound = conn.execute(query("bind"), _bind_params(live))
+                bound = conn.execute(query("step_begin"), {**timeout, **_bind_params(live)})
                 cursors = []
                 for i, job in enumerate(live):
                     if i:
@@ -385,7 +383,7 @@ class StepRunner:
                     cursors.append(cur)
                     conn.execute(query("step_constraints"))
                 p.sync()
-            xid = str(_row(prep)[1])
+            xid = str(_row(bound)[1])
             texts = [results.rows_json(cur, self.max_result_bytes) for cur in cursors]
         except BaseException as exc:
             _rollback(conn)
@@ -415,8 +413,7 @@ class StepRunner:
         alone: list[StepJob] = []
         kept: list[tuple[StepJob, str]] = []
         try:
-            xid = str(_row(conn.execute(query("step_prepare"), timeout))[1])
-            conn.execute(query("bind"), _bind_params(jobs))
+            xid = str(_row(conn.execute(query("step_begin"), {**timeout, **_bind_params(jobs)}))[1])
         except BaseException as exc:
             _rollback(conn)
             return [(j, _refused_bind(exc)) for j in jobs]

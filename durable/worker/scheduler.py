@@ -90,6 +90,7 @@ class Held:
     fail_instance: str | None = None                 # refused submitter: fail the whole instance
     retry: bool = False                              # infrastructure trouble: give it back for a second
     writing: bool = False                            # a write of its decision is in flight
+    structure: dict[str, Any] | None = None          # the engine's nodes (they never change)
 
 
 class Scheduler:
@@ -110,6 +111,8 @@ class Scheduler:
         self.last_nudge_poll = 0.0
         self.nudge_seq = worker.nudge_seq
         self.work_seq = -1
+        self._settings_seen: Any = None
+        self._settings: Any = None
         self.backoff = 0.0
 
     # -- the loop -------------------------------------------------------------------------------
@@ -140,8 +143,11 @@ class Scheduler:
         return bool(self.held)
 
     def _wait(self) -> None:
-        if self.done or self.written or self.claimed or \
-                any((h.dirty or h.reload) and not h.writing for h in self.held.values()):
+        if self.done or self.written or self.claimed:
+            return
+        # Dirty instances can go ahead unless every write slot is taken (a returning write wakes us).
+        can_write = self.writes < MAX_WRITES
+        if any((h.dirty and can_write or h.reload) and not h.writing for h in self.held.values()):
             return
         timeout = self.worker.poll_interval - (time.monotonic() - self.last_claim)
         if self.held:
@@ -239,6 +245,12 @@ class Scheduler:
             h.reload, h.dirty = False, True
 
     # -- deciding and writing ---------------------------------------------------------------------
+    def _engine_settings(self) -> Any:
+        raw = self.worker.settings
+        if raw is not self._settings_seen:
+            self._settings_seen, self._settings = raw, views.settings_of(raw)
+        return self._settings
+
     def _now(self, h: Held) -> datetime:
         fake = self.worker.settings.get("fake_now")
         if fake:
@@ -308,7 +320,10 @@ class Scheduler:
             self._cancel_steps(h)
             return {**base, "release": True, "wake_at": None}
         now = self._now(h)
-        v = views.build(h.snap.loaded(now), self.worker.settings)
+        loaded = h.snap.loaded(now)
+        if h.structure is None:
+            h.structure = views.structure(loaded)
+        v = views.build(loaded, self._engine_settings(), h.structure)
         if h.fails:
             updates = [u for node_id, message in h.fails if (u := views.fail_sql(v, node_id, message))]
             h.fails.clear()

@@ -19,7 +19,8 @@ from durable.engine.model import (
 )
 from durable.store.worker_db import Loaded
 
-__all__ = ["Decision", "RunSql", "build", "decide", "details_of", "fail_sql", "updates_payload"]
+__all__ = ["Decision", "RunSql", "build", "decide", "details_of", "fail_sql", "settings_of", "structure",
+           "updates_payload"]
 
 
 def _node(row: dict[str, Any]) -> Node:
@@ -58,16 +59,23 @@ def settings_of(raw: dict[str, Any]) -> EngineSettings:
                           loop_max_iterations=int(num("loop_max_iterations", 100000)))
 
 
-def build(loaded: Loaded, settings: dict[str, Any]) -> InstanceView:
+def structure(loaded: Loaded) -> dict[str, Node]:
+    """The nodes of an instance as the engine sees them (they never change: keep them)."""
+    return {r["id"]: _node(r) for r in loaded.nodes}
+
+
+def build(loaded: Loaded, settings: dict[str, Any] | EngineSettings,
+          nodes: dict[str, Node] | None = None) -> InstanceView:
     inst = loaded.instance
     now = inst.get("now") or datetime.now(UTC)
     return InstanceView(
         instance_id=inst["id"], label=inst["label"], root=inst["root_node"],
-        nodes={r["id"]: _node(r) for r in loaded.nodes},
+        nodes=nodes if nodes is not None else structure(loaded),
         states={r["id"]: _state(r) for r in loaded.nodes},
-        vars=dict(loaded.vars),
+        vars=loaded.vars,
         signals=[Signal(id=s["id"], name=s["signal_name"], data_text=s["data"]) for s in loaded.signals],
-        now=now, execution_count=inst["execution_count"], settings=settings_of(settings),
+        now=now, execution_count=inst["execution_count"],
+        settings=settings if isinstance(settings, EngineSettings) else settings_of(settings),
     )
 
 
