@@ -106,6 +106,8 @@ class Scheduler:
         self.writes = 0
         self.claimed: deque[Future[Read]] = deque()
         self.claiming = False
+        self.claim_asked = 0
+        self.more_due = False
         self.max_held = worker.concurrency
         self.last_claim = 0.0
         self.last_nudge_poll = 0.0
@@ -440,15 +442,20 @@ class Scheduler:
 
     # -- claiming ---------------------------------------------------------------------------------
     def _claim(self) -> None:
+        """Claim when woken by new work, every poll interval, and at once while the queue has more
+        (the last claim got all it asked for) and a quarter of the slots are free."""
         free = self.max_held - len(self.held)
         due = time.monotonic() - self.last_claim >= self.worker.poll_interval
         woken = self.worker.work_seq != self.work_seq
-        if self.claiming or free <= 0 or \
-                not (due or woken or not self.held or free >= max(1, self.max_held // 4)):
+        more = self.more_due and free >= max(1, self.max_held // 4)
+        if self.claiming or free <= 0 or not (due or woken or more):
+            if not self.held and not self.claiming and not self.worker.reported_idle:
+                self.worker.reported_idle = True  # tell starts to notify again (see df._wake_workers)
+                self.io.submit(self.worker.report_idle)
             return
         self.work_seq = self.worker.work_seq
         self.last_claim = time.monotonic()
-        self.claiming = True
+        self.claiming, self.claim_asked = True, free
         future = self.io.submit(self.db.claim_v2, self.worker.worker_id, free)
         future.add_done_callback(lambda f: self._arrived(self.claimed, f))
 
@@ -468,5 +475,4 @@ class Scheduler:
             self.worker.fault("after_claim")
             iid = snap.instance["id"]
             self.held[iid] = Held(iid, snap.lease_token, snap.nudges, snap, time.monotonic(), read.now)
-        if read.instances and len(read.instances) >= self.max_held // 4:
-            self.worker.wakeup.set()  # there may be more: claim again at once
+        self.more_due = len(read.instances) >= self.claim_asked

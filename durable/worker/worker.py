@@ -39,6 +39,7 @@ class Worker:
         self.batch = max(1, batch)
         self.schema_version = MIN_SCHEMA
         self.work_seq = 0                       # notifications of new work so far
+        self.reported_idle = True               # what the last heartbeat said
         self._scheduler: Any = None
         self.poll_interval = poll_interval
         self.worker_id = uuid.uuid4()
@@ -110,7 +111,9 @@ class Worker:
         while not self.stopping.is_set():
             interval = max(0.2, self.setting("lease_seconds", 30.0) / 3)
             try:
-                self.db.heartbeat(self.worker_id, idle=not self.busy())
+                idle = not self.busy()
+                self.db.heartbeat(self.worker_id, idle=idle)
+                self.reported_idle = idle
                 failures = 0
             except Exception as exc:  # noqa: BLE001 - the database may be restarting
                 failures += 1
@@ -152,6 +155,13 @@ class Worker:
             self.nudge_seq += 1
             self.nudged.notify_all()
         self.wakeup.set()
+
+    def report_idle(self) -> None:
+        """Tell the database at once that this worker went idle (starts notify idle workers only)."""
+        try:
+            self.db.heartbeat(self.worker_id, idle=True)
+        except Exception as exc:  # noqa: BLE001 - the next heartbeat says it again
+            log.debug("idle report failed: %s", exc)
 
     def busy(self) -> bool:
         if self._scheduler is not None:
