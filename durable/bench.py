@@ -71,8 +71,10 @@ STEP = "SELECT 1"
 DEFAULT_WORKERS = (1, 2, 4)
 # Instances each worker process holds at once (its --concurrency); see docs/performance.md for the sweep.
 DEFAULT_CONCURRENCY = 32
-# Steps of one submitter per transaction in the opt-in batched mode (`durable worker --batch N`).
+# Steps of one submitter per transaction in the opt-in batched mode (`durable worker --batch N`), and
+# the instances each worker holds then (batches fill from the instances held).
 DEFAULT_BATCH = 64
+DEFAULT_BATCHED_CONCURRENCY = 256
 
 TARGETS = {
     "steps_per_s_vs_ceiling": 0.5,
@@ -93,6 +95,7 @@ class Plan:
     workers: tuple[int, ...]
     concurrency: int
     batch: int                  # scenario 2, batched mode
+    batched_concurrency: int
     instances: int              # scenario 2, per worker count
     pgbench_scale: int          # scenario 1
     min_ceiling_seconds: int
@@ -107,12 +110,14 @@ class Plan:
 def make_plan(quick: bool, workers: Sequence[int] | None = None, *, concurrency: int | None = None,
               instances: int | None = None, scale_instances: int | None = None) -> Plan:
     if quick:
-        plan = Plan(workers=DEFAULT_WORKERS, concurrency=DEFAULT_CONCURRENCY, batch=DEFAULT_BATCH, instances=150,
+        plan = Plan(workers=DEFAULT_WORKERS, concurrency=DEFAULT_CONCURRENCY, batch=DEFAULT_BATCH,
+                    batched_concurrency=DEFAULT_BATCHED_CONCURRENCY, instances=150,
                     pgbench_scale=1,
                     min_ceiling_seconds=2, latency_samples=20, latency_warmup=2, starts_per_connection=50,
                     scale_instances=2_000, scale_pending=20, scale_samples=20)
     else:
-        plan = Plan(workers=DEFAULT_WORKERS, concurrency=DEFAULT_CONCURRENCY, batch=DEFAULT_BATCH, instances=20_000,
+        plan = Plan(workers=DEFAULT_WORKERS, concurrency=DEFAULT_CONCURRENCY, batch=DEFAULT_BATCH,
+                    batched_concurrency=DEFAULT_BATCHED_CONCURRENCY, instances=20_000,
                     pgbench_scale=10,
                     min_ceiling_seconds=10, latency_samples=200, latency_warmup=5, starts_per_connection=2_000,
                     scale_instances=1_000_000, scale_pending=1_000, scale_samples=200)
@@ -474,12 +479,13 @@ def bench_throughput(s: Scratch, plan: Plan, workers: int, envelope: str, progre
     label = f"throughput{' (batched)' if batch > 1 else ''}, {workers} worker{'s' if workers > 1 else ''}"
     _reset_tables(s)
     _start_up_front(s, envelope, plan.instances, progress, label)
-    group = start_workers(s, workers, plan.concurrency, batch)
+    concurrency = plan.batched_concurrency if batch > 1 else plan.concurrency
+    group = start_workers(s, workers, concurrency, batch)
     try:
         wait_registered(s, group)
         workers_start = [_proc_cpu_seconds(p.pid) or 0.0 for p in group.procs]  # their start-up is not a step
         backends_start = _backend_cpu(s)
-        progress(f"{label}: {workers} worker process(es) registered (concurrency {plan.concurrency} each)")
+        progress(f"{label}: {workers} worker process(es) registered (concurrency {concurrency} each)")
         _wait_drained(s, group, plan.instances, progress, label)
         busy_end = _machine_busy_seconds()
         wall = time.monotonic() - group.launched
@@ -507,7 +513,7 @@ def bench_throughput(s: Scratch, plan: Plan, workers: int, envelope: str, progre
                "workers_cpu_ms_per_step": _r(steps_cpu * 1000 / (plan.instances * 3), 2),
                "backends_cpu_ms_per_step": _r(backends * 1000 / (plan.instances * 3), 2) if backends_end else None}
     result = {
-        "workers": workers, "concurrency": plan.concurrency, "batch": batch, "instances": plan.instances,
+        "workers": workers, "concurrency": concurrency, "batch": batch, "instances": plan.instances,
         "steps": steps,
         "seconds": _r(seconds, 3), "steps_per_s": _r(steps / seconds), "instances_per_s": _r(plan.instances / seconds),
         "wall_seconds_with_worker_start": _r(wall, 3), "worker_rss_mb": group.rss_mb,
@@ -1090,7 +1096,8 @@ def _run(plan: Plan, dsn: str | None, quick: bool, progress: Progress) -> dict[s
         "throughput": {"mode": "default (one transaction per step)", "instances": plan.instances,
                        "steps_per_instance": 3, "concurrency": plan.concurrency, "runs": runs},
         "throughput_batched": {"mode": f"batched (durable worker --batch {plan.batch})", "instances": plan.instances,
-                               "steps_per_instance": 3, "concurrency": plan.concurrency, "batch": plan.batch,
+                               "steps_per_instance": 3, "concurrency": plan.batched_concurrency,
+                               "batch": plan.batch,
                                "runs": batched},
         "latency_ms": {"p50": latency["p50"], "p95": latency["p95"], "p99": latency["p99"]},
         "latency": latency,

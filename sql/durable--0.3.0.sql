@@ -216,7 +216,9 @@ CREATE TABLE df.attempts (
     CONSTRAINT attempts_node_fkey FOREIGN KEY (instance_id, node_id)
         REFERENCES df.nodes (instance_id, id) ON DELETE CASCADE
 );
-CREATE INDEX idx_attempts_backend ON df.attempts (backend_pid);
+-- No index on backend_pid (0.3.0): binding an attempt to its backend is then a
+-- HOT update, and the table holds only the attempts in flight.
+ALTER TABLE df.attempts SET (fillfactor = 50);
 
 -- Live workers (heartbeats), for leases and for notifying only when someone listens.
 CREATE TABLE df.workers (
@@ -873,7 +875,11 @@ $$;
 -- big is copied around.  The first invalid node in pre-order is reported:
 --   Invalid durable function graph: <path>: <message>   (SQLSTATE DF002)
 -- A node's pre-order key is one character per level (chr(64 + child
--- index)), so keys sort in pre-order under COLLATE "C".
+-- index)), so keys sort in pre-order under COLLATE "C".  The nodes are
+-- numbered and linked to their parent and children in one pass over them
+-- in pre-order (the SQL joins that did it cost more than the walk for the
+-- small graphs df.start mostly gets): a node's parent is the latest node
+-- one level up.
 CREATE FUNCTION df._flatten_v1(fut jsonb)
 RETURNS TABLE(ord integer, parent_ord integer, slot text, depth integer, path text, node_type text, query text,
               result_name text, left_ord integer, right_ord integer, cond_ord integer, extra_ords integer[])
@@ -886,6 +892,22 @@ DECLARE
     -- A fresh in-memory copy: every node is read from it by path.
     v_graph jsonb := pg_catalog.jsonb_build_object('root', fut);
     r record;
+    v_n integer := 0;
+    v_len integer;
+    v_parent integer;
+    v_last integer[] := '{}';           -- [k] = ord of the latest node whose key has k characters
+    -- The output columns by ord.
+    a_parent integer[] := '{}';
+    a_slot text[] := '{}';
+    a_depth integer[] := '{}';
+    a_path text[] := '{}';
+    a_type text[] := '{}';
+    a_query text[] := '{}';
+    a_name text[] := '{}';
+    a_left integer[] := '{}';
+    a_right integer[] := '{}';
+    a_cond integer[] := '{}';
+    a_extra text[] := '{}';             -- comma lists, in ord order
 BEGIN
     FOR r IN
         WITH RECURSIVE walk (key, jpath, path, slot, node_type, query, result_name, has_l, has_r, has_c, n_extra,
@@ -986,47 +1008,54 @@ BEGIN
         found AS (
             SELECT w.key, w.path, w.slot, w.node_type, w.query, w.result_name, w.err
               FROM walk AS w WHERE w.key <> '' LIMIT 10001
-        ),
-        numbered AS (
-            SELECT n.*, (pg_catalog.row_number() OVER (ORDER BY n.key COLLATE "C"))::integer AS ord
-              FROM found AS n
-        ),
-        kids AS (
-            SELECT pg_catalog.left(k.key, -1) AS parent_key,
-                   pg_catalog.max(k.ord) FILTER (WHERE k.slot = 'left') AS l,
-                   pg_catalog.max(k.ord) FILTER (WHERE k.slot = 'right') AS r,
-                   pg_catalog.max(k.ord) FILTER (WHERE k.slot = 'condition') AS c,
-                   pg_catalog.array_agg(k.ord ORDER BY k.ord) FILTER (WHERE k.slot LIKE 'extra%') AS x
-              FROM numbered AS k GROUP BY 1
         )
-        SELECT n.ord, p.ord AS parent_ord, n.slot, pg_catalog.length(n.key) - 1 AS depth, n.path, n.node_type,
-               n.query, n.result_name, k.l, k.r, k.c, k.x, n.err
-          FROM numbered AS n
-          LEFT JOIN numbered AS p ON p.key = pg_catalog.left(n.key, -1)
-          LEFT JOIN kids AS k ON k.parent_key = n.key
-         ORDER BY n.ord
+        SELECT n.key, n.path, n.slot, n.node_type, n.query, n.result_name, n.err
+          FROM found AS n
+         ORDER BY n.key COLLATE "C"
     LOOP
+        v_n := v_n + 1;
         -- Rows come in pre-order, so the first invalid one is the one to report.
         IF r.err IS NOT NULL THEN
             RAISE EXCEPTION 'Invalid durable function graph: %: %', r.path, r.err USING ERRCODE = 'DF002';
         END IF;
-        IF r.ord > 10000 THEN
+        IF v_n > 10000 THEN
             RAISE EXCEPTION 'Invalid durable function graph: root: Workflow exceeds maximum node count of 10000. '
                             'Simplify the workflow or break it into multiple instances.'
                 USING ERRCODE = 'DF002';
         END IF;
-        ord := r.ord;
-        parent_ord := r.parent_ord;
-        slot := r.slot;
-        depth := r.depth;
-        path := r.path;
-        node_type := r.node_type;
-        query := r.query;
-        result_name := r.result_name;
-        left_ord := r.l;
-        right_ord := r.r;
-        cond_ord := r.c;
-        extra_ords := r.x;
+        v_len := pg_catalog.length(r.key);
+        v_last[v_len] := v_n;
+        v_parent := v_last[v_len - 1];      -- every ancestor of a found node was found before it
+        a_parent[v_n] := v_parent;
+        a_slot[v_n] := r.slot;
+        a_depth[v_n] := v_len - 1;
+        a_path[v_n] := r.path;
+        a_type[v_n] := r.node_type;
+        a_query[v_n] := r.query;
+        a_name[v_n] := r.result_name;
+        IF r.slot = 'left' THEN
+            a_left[v_parent] := v_n;
+        ELSIF r.slot = 'right' THEN
+            a_right[v_parent] := v_n;
+        ELSIF r.slot = 'condition' THEN
+            a_cond[v_parent] := v_n;
+        ELSIF r.slot LIKE 'extra%' THEN
+            a_extra[v_parent] := COALESCE(a_extra[v_parent] || ',', '') || v_n;
+        END IF;
+    END LOOP;
+    FOR i IN 1 .. v_n LOOP
+        ord := i;
+        parent_ord := a_parent[i];
+        slot := a_slot[i];
+        depth := a_depth[i];
+        path := a_path[i];
+        node_type := a_type[i];
+        query := a_query[i];
+        result_name := a_name[i];
+        left_ord := a_left[i];
+        right_ord := a_right[i];
+        cond_ord := a_cond[i];
+        extra_ords := pg_catalog.string_to_array(a_extra[i], ',')::integer[];
         RETURN NEXT;
     END LOOP;
 END
@@ -3525,17 +3554,21 @@ AS $$
 DECLARE
     v_bound integer;
 BEGIN
+    -- Each secret hashed once (MATERIALIZED), not once per row it is compared with.
+    WITH b AS MATERIALIZED (
+        SELECT x.instance_id, x.node_id, pg_catalog.sha256(pg_catalog.convert_to(x.secret, 'UTF8')) AS hash
+          FROM ROWS FROM (pg_catalog.unnest(p_instance_ids), pg_catalog.unnest(p_node_ids),
+                          pg_catalog.unnest(p_secrets)) AS x(instance_id, node_id, secret)
+    )
     UPDATE df.attempts AS a
        SET backend_pid = pg_catalog.pg_backend_pid(), bind_hash = NULL,
            backend_start = CASE WHEN p_autocommit THEN
                (SELECT s.backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) AS s) END
-      FROM ROWS FROM (pg_catalog.unnest(p_instance_ids), pg_catalog.unnest(p_node_ids),
-                      pg_catalog.unnest(p_secrets)) AS b(instance_id, node_id, secret),
-           df.instance_queue AS q, df.instances AS i
+      FROM b, df.instance_queue AS q, df.instances AS i
      WHERE a.instance_id = ANY (p_instance_ids) AND q.instance_id = ANY (p_instance_ids)
        AND i.id = ANY (p_instance_ids)
        AND a.instance_id = b.instance_id AND a.node_id = b.node_id
-       AND a.bind_hash = pg_catalog.sha256(pg_catalog.convert_to(b.secret, 'UTF8')) AND a.backend_pid IS NULL
+       AND a.bind_hash = b.hash AND a.backend_pid IS NULL
        AND q.instance_id = a.instance_id AND q.lease_token = a.lease_token
        AND q.lease_expires_at > pg_catalog.clock_timestamp()
        AND i.id = a.instance_id AND i.submitted_by = pg_catalog.quote_ident(session_user)::regrole;
@@ -3575,14 +3608,17 @@ BEGIN
     PERFORM 1 FROM df.instances AS i WHERE i.id = ANY (p_instance_ids) ORDER BY i.id FOR SHARE;
     -- Deleting the attempts checks them: each must match its secret, this backend and a live lease
     -- of a running instance of this session's role.
+    WITH c AS MATERIALIZED (
+        SELECT x.instance_id, x.node_id, pg_catalog.sha256(pg_catalog.convert_to(x.secret, 'UTF8')) AS hash
+          FROM ROWS FROM (pg_catalog.unnest(p_instance_ids), pg_catalog.unnest(p_node_ids),
+                          pg_catalog.unnest(p_secrets)) AS x(instance_id, node_id, secret)
+    )
     DELETE FROM df.attempts AS a
-     USING ROWS FROM (pg_catalog.unnest(p_instance_ids), pg_catalog.unnest(p_node_ids),
-                      pg_catalog.unnest(p_secrets)) AS c(instance_id, node_id, secret),
-           df.instance_queue AS q, df.instances AS i
+     USING c, df.instance_queue AS q, df.instances AS i
      WHERE a.instance_id = ANY (p_instance_ids) AND q.instance_id = ANY (p_instance_ids)
        AND i.id = ANY (p_instance_ids)
        AND a.instance_id = c.instance_id AND a.node_id = c.node_id
-       AND a.secret_hash = pg_catalog.sha256(pg_catalog.convert_to(c.secret, 'UTF8'))
+       AND a.secret_hash = c.hash
        AND a.backend_pid = pg_catalog.pg_backend_pid()
        AND q.instance_id = a.instance_id AND q.lease_token = a.lease_token
        AND q.lease_expires_at > pg_catalog.clock_timestamp()

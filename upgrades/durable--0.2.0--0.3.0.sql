@@ -36,6 +36,8 @@ AS $$ SELECT '0.3.0 (built 2026-11-23T00:00:00Z)'::text $$;
 
 -- worker: the set-based API (issue 10)
 ALTER TABLE df.attempts ADD COLUMN bind_hash bytea;
+DROP INDEX df.idx_attempts_backend;
+ALTER TABLE df.attempts SET (fillfactor = 50);
 
 CREATE OR REPLACE FUNCTION df._in_workflow() RETURNS boolean
 LANGUAGE sql STABLE SECURITY DEFINER
@@ -355,17 +357,21 @@ AS $$
 DECLARE
     v_bound integer;
 BEGIN
+    -- Each secret hashed once (MATERIALIZED), not once per row it is compared with.
+    WITH b AS MATERIALIZED (
+        SELECT x.instance_id, x.node_id, pg_catalog.sha256(pg_catalog.convert_to(x.secret, 'UTF8')) AS hash
+          FROM ROWS FROM (pg_catalog.unnest(p_instance_ids), pg_catalog.unnest(p_node_ids),
+                          pg_catalog.unnest(p_secrets)) AS x(instance_id, node_id, secret)
+    )
     UPDATE df.attempts AS a
        SET backend_pid = pg_catalog.pg_backend_pid(), bind_hash = NULL,
            backend_start = CASE WHEN p_autocommit THEN
                (SELECT s.backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) AS s) END
-      FROM ROWS FROM (pg_catalog.unnest(p_instance_ids), pg_catalog.unnest(p_node_ids),
-                      pg_catalog.unnest(p_secrets)) AS b(instance_id, node_id, secret),
-           df.instance_queue AS q, df.instances AS i
+      FROM b, df.instance_queue AS q, df.instances AS i
      WHERE a.instance_id = ANY (p_instance_ids) AND q.instance_id = ANY (p_instance_ids)
        AND i.id = ANY (p_instance_ids)
        AND a.instance_id = b.instance_id AND a.node_id = b.node_id
-       AND a.bind_hash = pg_catalog.sha256(pg_catalog.convert_to(b.secret, 'UTF8')) AND a.backend_pid IS NULL
+       AND a.bind_hash = b.hash AND a.backend_pid IS NULL
        AND q.instance_id = a.instance_id AND q.lease_token = a.lease_token
        AND q.lease_expires_at > pg_catalog.clock_timestamp()
        AND i.id = a.instance_id AND i.submitted_by = pg_catalog.quote_ident(session_user)::regrole;
@@ -405,14 +411,17 @@ BEGIN
     PERFORM 1 FROM df.instances AS i WHERE i.id = ANY (p_instance_ids) ORDER BY i.id FOR SHARE;
     -- Deleting the attempts checks them: each must match its secret, this backend and a live lease
     -- of a running instance of this session's role.
+    WITH c AS MATERIALIZED (
+        SELECT x.instance_id, x.node_id, pg_catalog.sha256(pg_catalog.convert_to(x.secret, 'UTF8')) AS hash
+          FROM ROWS FROM (pg_catalog.unnest(p_instance_ids), pg_catalog.unnest(p_node_ids),
+                          pg_catalog.unnest(p_secrets)) AS x(instance_id, node_id, secret)
+    )
     DELETE FROM df.attempts AS a
-     USING ROWS FROM (pg_catalog.unnest(p_instance_ids), pg_catalog.unnest(p_node_ids),
-                      pg_catalog.unnest(p_secrets)) AS c(instance_id, node_id, secret),
-           df.instance_queue AS q, df.instances AS i
+     USING c, df.instance_queue AS q, df.instances AS i
      WHERE a.instance_id = ANY (p_instance_ids) AND q.instance_id = ANY (p_instance_ids)
        AND i.id = ANY (p_instance_ids)
        AND a.instance_id = c.instance_id AND a.node_id = c.node_id
-       AND a.secret_hash = pg_catalog.sha256(pg_catalog.convert_to(c.secret, 'UTF8'))
+       AND a.secret_hash = c.hash
        AND a.backend_pid = pg_catalog.pg_backend_pid()
        AND q.instance_id = a.instance_id AND q.lease_token = a.lease_token
        AND q.lease_expires_at > pg_catalog.clock_timestamp()

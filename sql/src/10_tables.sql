@@ -179,7 +179,9 @@ CREATE TABLE df.attempts (
     CONSTRAINT attempts_node_fkey FOREIGN KEY (instance_id, node_id)
         REFERENCES df.nodes (instance_id, id) ON DELETE CASCADE
 );
-CREATE INDEX idx_attempts_backend ON df.attempts (backend_pid);
+-- No index on backend_pid (0.3.0): binding an attempt to its backend is then a
+-- HOT update, and the table holds only the attempts in flight.
+ALTER TABLE df.attempts SET (fillfactor = 50);
 
 -- Live workers (heartbeats), for leases and for notifying only when someone listens.
 CREATE TABLE df.workers (
