@@ -111,12 +111,18 @@ class Client:
         instances notify), and re-reads at least every second: a lost
         notification only adds latency."""
         deadline = time.monotonic() + timeout
-        with wrap_errors():
+        with wrap_errors(), self._conn.pipeline():  # one round trip
             self._conn.execute("LISTEN durable_done")
             self._conn.execute("SELECT df._wait_begin_v1()")
+            first: Any = self._conn.execute("SELECT df.status(%s)", (instance_id,))
         try:
+            status: InstanceStatus | None = None
             while True:
-                status = self.status(instance_id)
+                if first is not None:
+                    value, first = _only(first), None
+                    status = None if value is None else InstanceStatus(value)
+                else:
+                    status = self.status(instance_id)
                 if status in TERMINAL:
                     assert status is not None
                     return status
@@ -128,7 +134,7 @@ class Client:
                     for _ in self._conn.notifies(timeout=min(remaining, 1.0), stop_after=1):
                         pass
         finally:
-            with wrap_errors():
+            with wrap_errors(), self._conn.pipeline():
                 self._conn.execute("SELECT df._wait_end_v1()")
                 self._conn.execute("UNLISTEN durable_done")
 
@@ -142,6 +148,11 @@ class Client:
         The expression is SQL evaluated with this connection's own rights, as
         if typed in psql; it is the caller's own code, not data."""
         return str(self._one(start_expression_query(expression, label)))
+
+
+def _only(cur: Any) -> Any:
+    row = cur.fetchone()
+    return row[0] if row else None
 
 
 def connect(dsn: str | None = None) -> Client:

@@ -38,6 +38,7 @@ AS $$ SELECT '0.3.0 (built 2026-11-23T00:00:00Z)'::text $$;
 ALTER TABLE df.attempts ADD COLUMN bind_hash bytea;
 DROP INDEX df.idx_attempts_backend;
 ALTER TABLE df.attempts SET (fillfactor = 50);
+ALTER TABLE df.waiters SET UNLOGGED;
 
 CREATE OR REPLACE FUNCTION df._in_workflow() RETURNS boolean
 LANGUAGE sql STABLE SECURITY DEFINER

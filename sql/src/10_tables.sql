@@ -195,7 +195,9 @@ CREATE TABLE df.workers (
 
 -- Sessions waiting for instances to finish (0.2.0): a finishing instance
 -- notifies only when someone waits.  A row names its own backend only.
-CREATE TABLE df.waiters (
+-- Unlogged (0.3.0): a row lives no longer than its session, and registering
+-- costs no disk flush.
+CREATE UNLOGGED TABLE df.waiters (
     pid            integer     NOT NULL PRIMARY KEY,
     backend_start  timestamptz,
     since          timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
