@@ -108,6 +108,7 @@ class Scheduler:
         self.claiming = False
         self.claim_asked = 0
         self.more_due = False
+        self.idle_since: float | None = None
         self.max_held = worker.concurrency
         self.last_claim = 0.0
         self.last_nudge_poll = 0.0
@@ -151,7 +152,7 @@ class Scheduler:
         can_write = self.writes < MAX_WRITES
         if any((h.dirty and can_write or h.reload) and not h.writing for h in self.held.values()):
             return
-        timeout = self.worker.poll_interval - (time.monotonic() - self.last_claim)
+        timeout = self._poll_interval() - (time.monotonic() - self.last_claim)
         if self.held:
             timeout = min(timeout, NUDGE_POLL_SECONDS - (time.monotonic() - self.last_nudge_poll))
             timers = [h.timer for h in self.held.values() if h.timer is not None]
@@ -445,7 +446,7 @@ class Scheduler:
         """Claim when woken by new work, every poll interval, and at once while the queue has more
         (the last claim got all it asked for) and a quarter of the slots are free."""
         free = self.max_held - len(self.held)
-        due = time.monotonic() - self.last_claim >= self.worker.poll_interval
+        due = time.monotonic() - self.last_claim >= self._poll_interval()
         woken = self.worker.work_seq != self.work_seq
         more = self.more_due and free >= max(1, self.max_held // 4)
         if self.claiming or free <= 0 or not (due or woken or more):
@@ -458,6 +459,17 @@ class Scheduler:
         self.claiming, self.claim_asked = True, free
         future = self.io.submit(self.db.claim_v2, self.worker.worker_id, free)
         future.add_done_callback(lambda f: self._arrived(self.claimed, f))
+
+    def _poll_interval(self) -> float:
+        """The poll interval, shorter right after the worker went idle: a start made in the moment it
+        reported idle did not notify it (50 ms, doubling up to the configured interval)."""
+        if self.held:
+            self.idle_since = None
+            return self.worker.poll_interval
+        if self.idle_since is None:
+            self.idle_since = time.monotonic()
+        idle_for = time.monotonic() - self.idle_since
+        return min(self.worker.poll_interval, max(0.05, idle_for))
 
     def _claimed(self, future: Future[Read]) -> None:
         self.claiming = False

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -157,11 +158,14 @@ class Worker:
         self.wakeup.set()
 
     def report_idle(self) -> None:
-        """Tell the database at once that this worker went idle (starts notify idle workers only)."""
+        """Tell the database at once that this worker went idle (starts notify idle workers only),
+        then claim once more: a start made before the report did not notify."""
         try:
             self.db.heartbeat(self.worker_id, idle=True)
         except Exception as exc:  # noqa: BLE001 - the next heartbeat says it again
             log.debug("idle report failed: %s", exc)
+        self.work_seq += 1
+        self.wakeup.set()
 
     def busy(self) -> bool:
         if self._scheduler is not None:
@@ -256,6 +260,9 @@ class Worker:
 
 
 def run_worker(dsn: str | None, *, concurrency: int = 4, batch: int = 1) -> int:
+    # The scheduler thread hands work to step and I/O threads all the time: let a woken thread have
+    # the interpreter within 1 ms rather than Python's default 5.
+    sys.setswitchinterval(0.001)
     logging.basicConfig(level=os.environ.get("DURABLE_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     worker = Worker(dsn, concurrency=concurrency, batch=batch)
