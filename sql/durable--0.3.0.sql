@@ -1578,14 +1578,16 @@ BEGIN
 
     -- Validate and flatten before anything is written, straight into the
     -- node rows' columns (no temp table: a caller could plant one with a
-    -- trigger that would run as the owner).  Node ids: a random base walked
-    -- by an odd multiplier modulo 2^32 is a bijection, so the ids of one
-    -- instance are distinct and look random.  Node k (pre-order, from 1) is
-    -- lpad(to_hex((base + k * 2654435761) % 2^32), 8, '0'), written out
-    -- here: a function call per id cost more than the rest of the row.
+    -- trigger that would run as the owner).  One aggregation pass over the
+    -- rows sorted by ord fills every array in that order.  Node ids: a
+    -- random base walked by an odd multiplier modulo 2^32 is a bijection, so
+    -- the ids of one instance are distinct and look random.  Node k
+    -- (pre-order, from 1) is lpad(to_hex((base + k * 2654435761) % 2^32), 8,
+    -- '0'), written out here: a function call per id cost more than the
+    -- rest of the row.
     SELECT pg_catalog.array_agg(pg_catalog.lpad(pg_catalog.to_hex((v_base + f.ord::bigint * 2654435761)
-                                                                  % 4294967296), 8, '0') ORDER BY f.ord),
-           pg_catalog.array_agg(f.node_type ORDER BY f.ord),
+                                                                  % 4294967296), 8, '0')),
+           pg_catalog.array_agg(f.node_type),
            pg_catalog.array_agg(CASE
                WHEN f.cond_ord IS NOT NULL
                    THEN pg_catalog.json_build_object('condition_node', pg_catalog.lpad(pg_catalog.to_hex(
@@ -1596,17 +1598,17 @@ BEGIN
                                     (v_base + x.e::bigint * 2654435761) % 4294967296), 8, '0') ORDER BY x.k)
                            FROM pg_catalog.unnest(f.extra_ords) WITH ORDINALITY AS x(e, k)))::text
                ELSE f.query
-           END ORDER BY f.ord),
-           pg_catalog.array_agg(f.result_name ORDER BY f.ord),
+           END),
+           pg_catalog.array_agg(f.result_name),
            pg_catalog.array_agg(pg_catalog.lpad(pg_catalog.to_hex((v_base + f.left_ord::bigint * 2654435761)
-                                                                  % 4294967296), 8, '0') ORDER BY f.ord),
+                                                                  % 4294967296), 8, '0')),
            pg_catalog.array_agg(pg_catalog.lpad(pg_catalog.to_hex((v_base + f.right_ord::bigint * 2654435761)
-                                                                  % 4294967296), 8, '0') ORDER BY f.ord),
+                                                                  % 4294967296), 8, '0')),
            pg_catalog.array_agg(pg_catalog.lpad(pg_catalog.to_hex((v_base + f.parent_ord::bigint * 2654435761)
-                                                                  % 4294967296), 8, '0') ORDER BY f.ord),
-           pg_catalog.array_agg(f.slot ORDER BY f.ord)
+                                                                  % 4294967296), 8, '0')),
+           pg_catalog.array_agg(f.slot)
       INTO v_ids, v_types, v_queries, v_names, v_lefts, v_rights, v_parents, v_slots
-      FROM df._flatten_v1(v_env) AS f;
+      FROM (SELECT * FROM df._flatten_v1(v_env) AS g ORDER BY g.ord) AS f;
 
     -- Claim an id: insert-on-conflict-do-nothing, re-rolled on collision.
     FOR v_try IN 1 .. v_attempts LOOP

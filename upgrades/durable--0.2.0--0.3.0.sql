@@ -29,6 +29,360 @@ BEGIN
 END
 $$;
 
+-- start rate and list page (issue 10)
+CREATE OR REPLACE FUNCTION df._setting(p_key text) RETURNS text
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN (SELECT s.value FROM df.settings AS s WHERE s.key = p_key);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION df._flatten_v1(fut jsonb)
+RETURNS TABLE(ord integer, parent_ord integer, slot text, depth integer, path text, node_type text, query text,
+              result_name text, left_ord integer, right_ord integer, cond_ord integer, extra_ords integer[])
+LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+SET work_mem = '64MB'                   -- 10,001 rows with deep paths sort in memory
+SET jit = off                           -- compiling costs more than this query runs
+AS $$
+DECLARE
+    -- A fresh in-memory copy: every node is read from it by path.
+    v_graph jsonb := pg_catalog.jsonb_build_object('root', fut);
+    r record;
+    v_n integer := 0;
+    v_len integer;
+    v_parent integer;
+    v_last integer[] := '{}';           -- [k] = ord of the latest node whose key has k characters
+    -- The output columns by ord.
+    a_parent integer[] := '{}';
+    a_slot text[] := '{}';
+    a_depth integer[] := '{}';
+    a_path text[] := '{}';
+    a_type text[] := '{}';
+    a_query text[] := '{}';
+    a_name text[] := '{}';
+    a_left integer[] := '{}';
+    a_right integer[] := '{}';
+    a_cond integer[] := '{}';
+    a_extra text[] := '{}';             -- comma lists, in ord order
+BEGIN
+    FOR r IN
+        WITH RECURSIVE walk (key, jpath, path, slot, node_type, query, result_name, has_l, has_r, has_c, n_extra,
+                             err) AS (
+            -- A pseudo parent whose only child is the root, so that every
+            -- node is checked by the recursive term.
+            SELECT ''::text, '{}'::text[], NULL::text, NULL::text, NULL::text, NULL::text, NULL::text,
+                   false, false, false, 0, NULL::text
+            UNION ALL
+            SELECT c.key, c.jpath, c.path, c.slot, f.nt,
+                   CASE WHEN f.nt IN ('SQL', 'BREAK', 'SLEEP', 'WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART', 'SIGNAL')
+                             OR (f.nt = 'IF' AND NOT f.has_c) THEN f.q END,
+                   f.rn, f.has_l, f.has_r, f.has_c, f.n_extra,
+                   CASE
+                   WHEN pg_catalog.length(c.key) > 257 THEN
+                       'Graph exceeds maximum nesting depth of 256. Simplify the workflow or break it into '
+                       'multiple instances.'
+                   WHEN f.ty <> 'object' THEN
+                       CASE WHEN c.slot = 'condition' THEN 'condition_node must be a Durofut JSON object'
+                            WHEN c.slot LIKE 'extra%' THEN 'extra_nodes entries must be Durofut JSON objects'
+                            ELSE 'Durofut children must be JSON objects' END
+                   WHEN f.ntj IS NULL THEN
+                       'Malformed Durofut JSON: missing field `node_type`'
+                   WHEN pg_catalog.jsonb_typeof(f.ntj) <> 'string' THEN
+                       'Malformed Durofut JSON: invalid type: ' || df._serde_unexpected_v1(f.ntj::text)
+                       || ', expected a string'
+                   WHEN f.xj IS NOT NULL AND pg_catalog.jsonb_typeof(f.xj) <> 'array' THEN
+                       'Malformed Durofut JSON: invalid type: ' || df._serde_unexpected_v1(f.xj::text)
+                       || ', expected a sequence'
+                   WHEN f.qj IS NOT NULL AND pg_catalog.jsonb_typeof(f.qj) NOT IN ('string', 'null') THEN
+                       'Malformed Durofut JSON: invalid type: ' || df._serde_unexpected_v1(f.qj::text)
+                       || ', expected a string'
+                   WHEN f.rnj IS NOT NULL AND pg_catalog.jsonb_typeof(f.rnj) NOT IN ('string', 'null') THEN
+                       'Malformed Durofut JSON: invalid type: ' || df._serde_unexpected_v1(f.rnj::text)
+                       || ', expected a string'
+                   WHEN f.nt NOT IN ('SQL', 'THEN', 'IF', 'JOIN', 'LOOP', 'BREAK', 'RACE', 'SLEEP', 'WAIT_SCHEDULE',
+                                     'HTTP', 'HTTP_MULTIPART', 'SIGNAL') THEN
+                       'Unknown node_type ''' || f.nt || '''. Valid types: SQL, THEN, IF, JOIN, LOOP, BREAK, RACE, '
+                       'SLEEP, WAIT_SCHEDULE, HTTP, HTTP_MULTIPART, SIGNAL'
+                   WHEN f.has_c AND f.nt NOT IN ('IF', 'LOOP') THEN
+                       'condition_node is only allowed on IF and LOOP nodes'
+                   WHEN f.n_extra > 0 AND f.nt <> 'JOIN' THEN
+                       'extra_nodes is only allowed on JOIN nodes'
+                   WHEN f.nt IN ('THEN', 'RACE', 'JOIN', 'IF') AND NOT (f.has_l AND f.has_r) THEN
+                       f.nt || ' node requires left_node and right_node'
+                   WHEN f.nt = 'IF' AND NOT f.has_c AND NOT df._is_if_rows_config_v1(f.q) THEN
+                       'IF node requires condition_node or a result_has_rows query'
+                   WHEN f.nt = 'LOOP' AND NOT f.has_l THEN
+                       'LOOP node requires left_node'
+                   WHEN f.nt = 'LOOP' AND f.has_r THEN
+                       'LOOP node must not have right_node'
+                   WHEN f.nt NOT IN ('THEN', 'RACE', 'JOIN', 'IF', 'LOOP') AND (f.has_l OR f.has_r) THEN
+                       f.nt || ' node must not have left_node or right_node'
+                   WHEN f.nt NOT IN ('THEN', 'RACE', 'JOIN', 'IF', 'LOOP') AND f.q IS NULL THEN
+                       f.nt || ' node requires a query'
+                   WHEN f.rn = '' THEN
+                       'result name cannot be empty'
+                   WHEN f.rn !~ '^[a-zA-Z_][a-zA-Z0-9_]*$' THEN
+                       'result name ''' || f.rn || ''' is not a valid identifier — must match [a-zA-Z_][a-zA-Z0-9_]*'
+                   END
+              FROM walk AS w
+             CROSS JOIN LATERAL (
+                    SELECT 'A', ARRAY['root'], 'root', NULL::text WHERE w.key = ''
+                    UNION ALL
+                    SELECT w.key || 'A', w.jpath || 'left_node'::text, w.path || '.left', 'left' WHERE w.has_l
+                    UNION ALL
+                    SELECT w.key || 'B', w.jpath || 'right_node'::text, w.path || '.right', 'right' WHERE w.has_r
+                    UNION ALL
+                    SELECT w.key || 'C', w.jpath || 'condition_node'::text, w.path || '.condition_node', 'condition'
+                     WHERE w.has_c
+                    UNION ALL
+                    SELECT w.key || pg_catalog.chr(67 + e.i), w.jpath || ARRAY['extra_nodes', (e.i - 1)::text],
+                           w.path || '.extra_nodes[' || (e.i - 1) || ']', 'extra' || e.i
+                      FROM pg_catalog.generate_series(1, w.n_extra) AS e(i)
+                  ) AS c(key, jpath, path, slot)
+             CROSS JOIN LATERAL (
+                    SELECT v_graph #> c.jpath AS v
+                    OFFSET 0            -- read each node once, not once per reference
+                  ) AS n
+             CROSS JOIN LATERAL (
+                    SELECT pg_catalog.jsonb_typeof(n.v) AS ty,
+                           n.v -> 'node_type' AS ntj,
+                           n.v ->> 'node_type' AS nt,
+                           n.v -> 'query' AS qj,
+                           n.v ->> 'query' AS q,
+                           n.v -> 'result_name' AS rnj,
+                           n.v ->> 'result_name' AS rn,
+                           n.v -> 'extra_nodes' AS xj,
+                           COALESCE(n.v ? 'left_node' AND NOT n.v @> '{"left_node": null}', false) AS has_l,
+                           COALESCE(n.v ? 'right_node' AND NOT n.v @> '{"right_node": null}', false) AS has_r,
+                           COALESCE(n.v ? 'condition_node' AND NOT n.v @> '{"condition_node": null}', false)
+                               AS has_c,
+                           CASE WHEN pg_catalog.jsonb_typeof(n.v -> 'extra_nodes') = 'array'
+                                THEN pg_catalog.jsonb_array_length(n.v -> 'extra_nodes') ELSE 0 END AS n_extra
+                  ) AS f
+             WHERE w.err IS NULL
+        ),
+        found AS (
+            SELECT w.key, w.path, w.slot, w.node_type, w.query, w.result_name, w.err
+              FROM walk AS w WHERE w.key <> '' LIMIT 10001
+        )
+        SELECT n.key, n.path, n.slot, n.node_type, n.query, n.result_name, n.err
+          FROM found AS n
+         ORDER BY n.key COLLATE "C"
+    LOOP
+        v_n := v_n + 1;
+        -- Rows come in pre-order, so the first invalid one is the one to report.
+        IF r.err IS NOT NULL THEN
+            RAISE EXCEPTION 'Invalid durable function graph: %: %', r.path, r.err USING ERRCODE = 'DF002';
+        END IF;
+        IF v_n > 10000 THEN
+            RAISE EXCEPTION 'Invalid durable function graph: root: Workflow exceeds maximum node count of 10000. '
+                            'Simplify the workflow or break it into multiple instances.'
+                USING ERRCODE = 'DF002';
+        END IF;
+        v_len := pg_catalog.length(r.key);
+        v_last[v_len] := v_n;
+        v_parent := v_last[v_len - 1];      -- every ancestor of a found node was found before it
+        a_parent[v_n] := v_parent;
+        a_slot[v_n] := r.slot;
+        a_depth[v_n] := v_len - 1;
+        a_path[v_n] := r.path;
+        a_type[v_n] := r.node_type;
+        a_query[v_n] := r.query;
+        a_name[v_n] := r.result_name;
+        IF r.slot = 'left' THEN
+            a_left[v_parent] := v_n;
+        ELSIF r.slot = 'right' THEN
+            a_right[v_parent] := v_n;
+        ELSIF r.slot = 'condition' THEN
+            a_cond[v_parent] := v_n;
+        ELSIF r.slot LIKE 'extra%' THEN
+            a_extra[v_parent] := COALESCE(a_extra[v_parent] || ',', '') || v_n;
+        END IF;
+    END LOOP;
+    FOR i IN 1 .. v_n LOOP
+        ord := i;
+        parent_ord := a_parent[i];
+        slot := a_slot[i];
+        depth := a_depth[i];
+        path := a_path[i];
+        node_type := a_type[i];
+        query := a_query[i];
+        result_name := a_name[i];
+        left_ord := a_left[i];
+        right_ord := a_right[i];
+        cond_ord := a_cond[i];
+        extra_ords := pg_catalog.string_to_array(a_extra[i], ',')::integer[];
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+DROP FUNCTION df._node_id(bigint, integer);
+
+CREATE OR REPLACE FUNCTION df._start_v1(p_ticket uuid, p_fut text, p_label text, p_database text, p_mode text)
+RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_mode      text := pg_catalog.lower(p_mode);
+    v_env       jsonb;
+    v_caller    regrole;
+    v_refusal   text;
+    v_base      bigint := (pg_catalog.random() * 4294967296)::bigint % 4294967296;
+    v_space     bigint := COALESCE(df._setting('id_space')::bigint, 4294967296);
+    v_attempts  integer := COALESCE(df._setting('max_id_attempts')::integer, 10);
+    v_id        varchar(8);
+    v_try       integer;
+    -- The node rows' columns, in pre-order (element 1 is the root).
+    v_ids       text[];
+    v_types     text[];
+    v_queries   text[];
+    v_names     text[];
+    v_lefts     text[];
+    v_rights    text[];
+    v_parents   text[];
+    v_slots     text[];
+BEGIN
+    IF v_mode IS NULL OR v_mode NOT IN ('caller', 'new') THEN
+        RAISE EXCEPTION 'invalid transaction_mode "%" for df.start(): expected ''caller'' or ''new''', p_mode
+            USING ERRCODE = 'DF001';
+    END IF;
+    IF v_mode = 'new' THEN
+        RAISE EXCEPTION 'df.start(): transaction_mode => ''new'' is not supported yet; use ''caller'' (the default)'
+            USING ERRCODE = 'DF007';
+    END IF;
+    v_env := df._ensure_strict_v1(p_fut);
+    IF p_database IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_database AS d WHERE d.datname = p_database) THEN
+        RAISE EXCEPTION 'database "%" does not exist', p_database USING ERRCODE = 'DF001';
+    END IF;
+    v_caller := df._caller(p_ticket);
+    v_refusal := df._submitter_refusal(v_caller);
+    IF v_refusal IS NOT NULL THEN
+        RAISE EXCEPTION '%', v_refusal USING ERRCODE = 'DF005';
+    END IF;
+
+    -- Validate and flatten before anything is written, straight into the
+    -- node rows' columns (no temp table: a caller could plant one with a
+    -- trigger that would run as the owner).  One aggregation pass over the
+    -- rows sorted by ord fills every array in that order.  Node ids: a
+    -- random base walked by an odd multiplier modulo 2^32 is a bijection, so
+    -- the ids of one instance are distinct and look random.  Node k
+    -- (pre-order, from 1) is lpad(to_hex((base + k * 2654435761) % 2^32), 8,
+    -- '0'), written out here: a function call per id cost more than the
+    -- rest of the row.
+    SELECT pg_catalog.array_agg(pg_catalog.lpad(pg_catalog.to_hex((v_base + f.ord::bigint * 2654435761)
+                                                                  % 4294967296), 8, '0')),
+           pg_catalog.array_agg(f.node_type),
+           pg_catalog.array_agg(CASE
+               WHEN f.cond_ord IS NOT NULL
+                   THEN pg_catalog.json_build_object('condition_node', pg_catalog.lpad(pg_catalog.to_hex(
+                            (v_base + f.cond_ord::bigint * 2654435761) % 4294967296), 8, '0'))::text
+               WHEN COALESCE(pg_catalog.cardinality(f.extra_ords), 0) > 0
+                   THEN pg_catalog.json_build_object('extra_nodes',
+                        (SELECT pg_catalog.array_agg(pg_catalog.lpad(pg_catalog.to_hex(
+                                    (v_base + x.e::bigint * 2654435761) % 4294967296), 8, '0') ORDER BY x.k)
+                           FROM pg_catalog.unnest(f.extra_ords) WITH ORDINALITY AS x(e, k)))::text
+               ELSE f.query
+           END),
+           pg_catalog.array_agg(f.result_name),
+           pg_catalog.array_agg(pg_catalog.lpad(pg_catalog.to_hex((v_base + f.left_ord::bigint * 2654435761)
+                                                                  % 4294967296), 8, '0')),
+           pg_catalog.array_agg(pg_catalog.lpad(pg_catalog.to_hex((v_base + f.right_ord::bigint * 2654435761)
+                                                                  % 4294967296), 8, '0')),
+           pg_catalog.array_agg(pg_catalog.lpad(pg_catalog.to_hex((v_base + f.parent_ord::bigint * 2654435761)
+                                                                  % 4294967296), 8, '0')),
+           pg_catalog.array_agg(f.slot)
+      INTO v_ids, v_types, v_queries, v_names, v_lefts, v_rights, v_parents, v_slots
+      FROM (SELECT * FROM df._flatten_v1(v_env) AS g ORDER BY g.ord) AS f;
+
+    -- Claim an id: insert-on-conflict-do-nothing, re-rolled on collision.
+    FOR v_try IN 1 .. v_attempts LOOP
+        v_id := pg_catalog.lpad(pg_catalog.to_hex(((pg_catalog.random() * v_space)::bigint % v_space)), 8, '0');
+        INSERT INTO df.instances AS i (id, label, root_node, status, submitted_by, database, transaction_mode)
+        VALUES (v_id, p_label, v_ids[1], 'pending', v_caller, p_database, v_mode)
+        ON CONFLICT (id) DO NOTHING
+        RETURNING i.id INTO v_id;
+        EXIT WHEN v_id IS NOT NULL;
+    END LOOP;
+    IF v_id IS NULL THEN
+        -- The detail does not say how many ids are in use: that counts other roles' instances.
+        RAISE EXCEPTION 'Failed to create instance: exhausted % attempts to find a free instance id', v_attempts
+            USING ERRCODE = 'DF006',
+                  DETAIL = pg_catalog.format('The id space holds %s ids and is nearly full '
+                                             '(df.metrics() shows how full).', v_space),
+                  HINT = 'Delete finished instances to free ids.';
+    END IF;
+
+    INSERT INTO df.nodes (id, instance_id, node_type, query, result_name, left_node, right_node,
+                          submitted_by, database, parent_id, slot)
+    SELECT g.id, v_id, g.node_type, g.query, g.result_name, g.left_node, g.right_node, v_caller, p_database,
+           g.parent_id, g.slot
+      FROM ROWS FROM (pg_catalog.unnest(v_ids), pg_catalog.unnest(v_types), pg_catalog.unnest(v_queries),
+                      pg_catalog.unnest(v_names), pg_catalog.unnest(v_lefts), pg_catalog.unnest(v_rights),
+                      pg_catalog.unnest(v_parents), pg_catalog.unnest(v_slots))
+           AS g(id, node_type, query, result_name, left_node, right_node, parent_id, slot);
+
+    INSERT INTO df.instance_vars (instance_id, name, value)
+    SELECT v_id, v.name, v.value FROM df.vars AS v WHERE v.owner = v_caller AND v.value IS NOT NULL;
+
+    INSERT INTO df.instance_queue (instance_id, wake_at) VALUES (v_id, pg_catalog.clock_timestamp());
+    PERFORM df._wake_workers();
+    RETURN v_id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION df.list_instances(status_filter text, limit_count integer, label_filter text,
+                                  after_cursor text DEFAULT NULL)
+RETURNS TABLE(instance_id text, label text, function_name text, status text, execution_count bigint,
+              output text, created_at timestamptz, completed_at timestamptz, next_cursor text,
+              resource_version bigint, labels jsonb, annotations jsonb)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_custom_plan
+AS $$
+DECLARE
+    v_after_ts timestamptz;
+    v_after_id text;
+    v_next     text;
+BEGIN
+    PERFORM df._check_list_limit(limit_count);
+    IF after_cursor IS NOT NULL THEN
+        SELECT c.created_at, c.id INTO v_after_ts, v_after_id FROM df._decode_cursor(after_cursor) AS c;
+    END IF;
+    RETURN QUERY
+    WITH page AS (
+        SELECT i.*
+          FROM df.instances AS i
+         WHERE (status_filter IS NULL OR i.status = status_filter)
+           AND (label_filter IS NULL OR i.label = label_filter)
+           AND i.created_at IS NOT NULL
+           AND i.created_at <= COALESCE(v_after_ts, 'infinity'::timestamptz)
+           AND (v_after_ts IS NULL OR i.created_at < v_after_ts OR i.id > v_after_id)
+         ORDER BY i.created_at DESC, i.id ASC
+         LIMIT limit_count + 1
+    ), numbered AS (
+        SELECT p.*, pg_catalog.row_number() OVER (ORDER BY p.created_at DESC, p.id ASC) AS rn,
+               pg_catalog.count(*) OVER () AS total
+          FROM page AS p
+    ), cursor_row AS (
+        SELECT CASE WHEN n.total > limit_count THEN df._encode_cursor(n.created_at, n.id) END AS c
+          FROM numbered AS n WHERE n.rn = LEAST(n.total, limit_count)
+    )
+    SELECT n.id::text, n.label, 'pg_durable::orchestration::execute-function-graph'::text, n.status,
+           n.execution_count, CASE WHEN n.status IN ('completed', 'failed') THEN n.output END,
+           n.created_at, n.completed_at, (SELECT cr.c FROM cursor_row AS cr), n.resource_version,
+           n.labels, n.annotations
+      FROM numbered AS n
+     WHERE n.rn <= limit_count
+     ORDER BY n.created_at DESC, n.id ASC;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION df.version() RETURNS text
 LANGUAGE sql IMMUTABLE STRICT
 SET search_path = pg_catalog, pg_temp

@@ -8,10 +8,16 @@
 --   DF013 inside a workflow      DF014 lease lost           DF015 step failed
 -- ---------------------------------------------------------------------------
 
+-- PL/pgSQL, not SQL: a SQL function with SET clauses is never inlined and
+-- parses and plans its query at every call (about 30 us); PL/pgSQL keeps the plan.
 CREATE FUNCTION df._setting(p_key text) RETURNS text
-LANGUAGE sql STABLE SECURITY DEFINER
+LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT s.value FROM df.settings AS s WHERE s.key = p_key $$;
+AS $$
+BEGIN
+    RETURN (SELECT s.value FROM df.settings AS s WHERE s.key = p_key);
+END
+$$;
 
 -- The one clock seam: transaction time, unless a test fakes it.
 CREATE FUNCTION df._now() RETURNS timestamptz

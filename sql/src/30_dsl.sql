@@ -451,7 +451,11 @@ $$;
 -- big is copied around.  The first invalid node in pre-order is reported:
 --   Invalid durable function graph: <path>: <message>   (SQLSTATE DF002)
 -- A node's pre-order key is one character per level (chr(64 + child
--- index)), so keys sort in pre-order under COLLATE "C".
+-- index)), so keys sort in pre-order under COLLATE "C".  The nodes are
+-- numbered and linked to their parent and children in one pass over them
+-- in pre-order (the SQL joins that did it cost more than the walk for the
+-- small graphs df.start mostly gets): a node's parent is the latest node
+-- one level up.
 CREATE FUNCTION df._flatten_v1(fut jsonb)
 RETURNS TABLE(ord integer, parent_ord integer, slot text, depth integer, path text, node_type text, query text,
               result_name text, left_ord integer, right_ord integer, cond_ord integer, extra_ords integer[])
@@ -464,6 +468,22 @@ DECLARE
     -- A fresh in-memory copy: every node is read from it by path.
     v_graph jsonb := pg_catalog.jsonb_build_object('root', fut);
     r record;
+    v_n integer := 0;
+    v_len integer;
+    v_parent integer;
+    v_last integer[] := '{}';           -- [k] = ord of the latest node whose key has k characters
+    -- The output columns by ord.
+    a_parent integer[] := '{}';
+    a_slot text[] := '{}';
+    a_depth integer[] := '{}';
+    a_path text[] := '{}';
+    a_type text[] := '{}';
+    a_query text[] := '{}';
+    a_name text[] := '{}';
+    a_left integer[] := '{}';
+    a_right integer[] := '{}';
+    a_cond integer[] := '{}';
+    a_extra text[] := '{}';             -- comma lists, in ord order
 BEGIN
     FOR r IN
         WITH RECURSIVE walk (key, jpath, path, slot, node_type, query, result_name, has_l, has_r, has_c, n_extra,
@@ -564,47 +584,54 @@ BEGIN
         found AS (
             SELECT w.key, w.path, w.slot, w.node_type, w.query, w.result_name, w.err
               FROM walk AS w WHERE w.key <> '' LIMIT 10001
-        ),
-        numbered AS (
-            SELECT n.*, (pg_catalog.row_number() OVER (ORDER BY n.key COLLATE "C"))::integer AS ord
-              FROM found AS n
-        ),
-        kids AS (
-            SELECT pg_catalog.left(k.key, -1) AS parent_key,
-                   pg_catalog.max(k.ord) FILTER (WHERE k.slot = 'left') AS l,
-                   pg_catalog.max(k.ord) FILTER (WHERE k.slot = 'right') AS r,
-                   pg_catalog.max(k.ord) FILTER (WHERE k.slot = 'condition') AS c,
-                   pg_catalog.array_agg(k.ord ORDER BY k.ord) FILTER (WHERE k.slot LIKE 'extra%') AS x
-              FROM numbered AS k GROUP BY 1
         )
-        SELECT n.ord, p.ord AS parent_ord, n.slot, pg_catalog.length(n.key) - 1 AS depth, n.path, n.node_type,
-               n.query, n.result_name, k.l, k.r, k.c, k.x, n.err
-          FROM numbered AS n
-          LEFT JOIN numbered AS p ON p.key = pg_catalog.left(n.key, -1)
-          LEFT JOIN kids AS k ON k.parent_key = n.key
-         ORDER BY n.ord
+        SELECT n.key, n.path, n.slot, n.node_type, n.query, n.result_name, n.err
+          FROM found AS n
+         ORDER BY n.key COLLATE "C"
     LOOP
+        v_n := v_n + 1;
         -- Rows come in pre-order, so the first invalid one is the one to report.
         IF r.err IS NOT NULL THEN
             RAISE EXCEPTION 'Invalid durable function graph: %: %', r.path, r.err USING ERRCODE = 'DF002';
         END IF;
-        IF r.ord > 10000 THEN
+        IF v_n > 10000 THEN
             RAISE EXCEPTION 'Invalid durable function graph: root: Workflow exceeds maximum node count of 10000. '
                             'Simplify the workflow or break it into multiple instances.'
                 USING ERRCODE = 'DF002';
         END IF;
-        ord := r.ord;
-        parent_ord := r.parent_ord;
-        slot := r.slot;
-        depth := r.depth;
-        path := r.path;
-        node_type := r.node_type;
-        query := r.query;
-        result_name := r.result_name;
-        left_ord := r.l;
-        right_ord := r.r;
-        cond_ord := r.c;
-        extra_ords := r.x;
+        v_len := pg_catalog.length(r.key);
+        v_last[v_len] := v_n;
+        v_parent := v_last[v_len - 1];      -- every ancestor of a found node was found before it
+        a_parent[v_n] := v_parent;
+        a_slot[v_n] := r.slot;
+        a_depth[v_n] := v_len - 1;
+        a_path[v_n] := r.path;
+        a_type[v_n] := r.node_type;
+        a_query[v_n] := r.query;
+        a_name[v_n] := r.result_name;
+        IF r.slot = 'left' THEN
+            a_left[v_parent] := v_n;
+        ELSIF r.slot = 'right' THEN
+            a_right[v_parent] := v_n;
+        ELSIF r.slot = 'condition' THEN
+            a_cond[v_parent] := v_n;
+        ELSIF r.slot LIKE 'extra%' THEN
+            a_extra[v_parent] := COALESCE(a_extra[v_parent] || ',', '') || v_n;
+        END IF;
+    END LOOP;
+    FOR i IN 1 .. v_n LOOP
+        ord := i;
+        parent_ord := a_parent[i];
+        slot := a_slot[i];
+        depth := a_depth[i];
+        path := a_path[i];
+        node_type := a_type[i];
+        query := a_query[i];
+        result_name := a_name[i];
+        left_ord := a_left[i];
+        right_ord := a_right[i];
+        cond_ord := a_cond[i];
+        extra_ords := pg_catalog.string_to_array(a_extra[i], ',')::integer[];
         RETURN NEXT;
     END LOOP;
 END

@@ -19,13 +19,6 @@ END
 $$;
 REVOKE EXECUTE ON FUNCTION df._wake_workers() FROM PUBLIC;
 
--- Node ids: a random base walked by an odd multiplier modulo 2^32 is a
--- bijection, so the ids of one instance are distinct and look random.
-CREATE FUNCTION df._node_id(p_base bigint, p_ord integer) RETURNS varchar(8)
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
-AS $$ SELECT pg_catalog.lpad(pg_catalog.to_hex((p_base + p_ord::bigint * 2654435761) % 4294967296), 8, '0')::varchar(8) $$;
-
 CREATE FUNCTION df._start_v1(p_ticket uuid, p_fut text, p_label text, p_database text, p_mode text)
 RETURNS text
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -34,7 +27,6 @@ AS $$
 DECLARE
     v_mode      text := pg_catalog.lower(p_mode);
     v_env       jsonb;
-    v_graph     jsonb;
     v_caller    regrole;
     v_refusal   text;
     v_base      bigint := (pg_catalog.random() * 4294967296)::bigint % 4294967296;
@@ -42,6 +34,15 @@ DECLARE
     v_attempts  integer := COALESCE(df._setting('max_id_attempts')::integer, 10);
     v_id        varchar(8);
     v_try       integer;
+    -- The node rows' columns, in pre-order (element 1 is the root).
+    v_ids       text[];
+    v_types     text[];
+    v_queries   text[];
+    v_names     text[];
+    v_lefts     text[];
+    v_rights    text[];
+    v_parents   text[];
+    v_slots     text[];
 BEGIN
     IF v_mode IS NULL OR v_mode NOT IN ('caller', 'new') THEN
         RAISE EXCEPTION 'invalid transaction_mode "%" for df.start(): expected ''caller'' or ''new''', p_mode
@@ -62,15 +63,45 @@ BEGIN
         RAISE EXCEPTION '%', v_refusal USING ERRCODE = 'DF005';
     END IF;
 
-    -- Validate and flatten before anything is written (no temp table: a
-    -- caller could plant one with a trigger that would run as the owner).
-    SELECT pg_catalog.jsonb_agg(pg_catalog.to_jsonb(f)) INTO v_graph FROM df._flatten_v1(v_env) AS f;
+    -- Validate and flatten before anything is written, straight into the
+    -- node rows' columns (no temp table: a caller could plant one with a
+    -- trigger that would run as the owner).  One aggregation pass over the
+    -- rows sorted by ord fills every array in that order.  Node ids: a
+    -- random base walked by an odd multiplier modulo 2^32 is a bijection, so
+    -- the ids of one instance are distinct and look random.  Node k
+    -- (pre-order, from 1) is lpad(to_hex((base + k * 2654435761) % 2^32), 8,
+    -- '0'), written out here: a function call per id cost more than the
+    -- rest of the row.
+    SELECT pg_catalog.array_agg(pg_catalog.lpad(pg_catalog.to_hex((v_base + f.ord::bigint * 2654435761)
+                                                                  % 4294967296), 8, '0')),
+           pg_catalog.array_agg(f.node_type),
+           pg_catalog.array_agg(CASE
+               WHEN f.cond_ord IS NOT NULL
+                   THEN pg_catalog.json_build_object('condition_node', pg_catalog.lpad(pg_catalog.to_hex(
+                            (v_base + f.cond_ord::bigint * 2654435761) % 4294967296), 8, '0'))::text
+               WHEN COALESCE(pg_catalog.cardinality(f.extra_ords), 0) > 0
+                   THEN pg_catalog.json_build_object('extra_nodes',
+                        (SELECT pg_catalog.array_agg(pg_catalog.lpad(pg_catalog.to_hex(
+                                    (v_base + x.e::bigint * 2654435761) % 4294967296), 8, '0') ORDER BY x.k)
+                           FROM pg_catalog.unnest(f.extra_ords) WITH ORDINALITY AS x(e, k)))::text
+               ELSE f.query
+           END),
+           pg_catalog.array_agg(f.result_name),
+           pg_catalog.array_agg(pg_catalog.lpad(pg_catalog.to_hex((v_base + f.left_ord::bigint * 2654435761)
+                                                                  % 4294967296), 8, '0')),
+           pg_catalog.array_agg(pg_catalog.lpad(pg_catalog.to_hex((v_base + f.right_ord::bigint * 2654435761)
+                                                                  % 4294967296), 8, '0')),
+           pg_catalog.array_agg(pg_catalog.lpad(pg_catalog.to_hex((v_base + f.parent_ord::bigint * 2654435761)
+                                                                  % 4294967296), 8, '0')),
+           pg_catalog.array_agg(f.slot)
+      INTO v_ids, v_types, v_queries, v_names, v_lefts, v_rights, v_parents, v_slots
+      FROM (SELECT * FROM df._flatten_v1(v_env) AS g ORDER BY g.ord) AS f;
 
     -- Claim an id: insert-on-conflict-do-nothing, re-rolled on collision.
     FOR v_try IN 1 .. v_attempts LOOP
         v_id := pg_catalog.lpad(pg_catalog.to_hex(((pg_catalog.random() * v_space)::bigint % v_space)), 8, '0');
         INSERT INTO df.instances AS i (id, label, root_node, status, submitted_by, database, transaction_mode)
-        VALUES (v_id, p_label, df._node_id(v_base, 1), 'pending', v_caller, p_database, v_mode)
+        VALUES (v_id, p_label, v_ids[1], 'pending', v_caller, p_database, v_mode)
         ON CONFLICT (id) DO NOTHING
         RETURNING i.id INTO v_id;
         EXIT WHEN v_id IS NOT NULL;
@@ -86,25 +117,12 @@ BEGIN
 
     INSERT INTO df.nodes (id, instance_id, node_type, query, result_name, left_node, right_node,
                           submitted_by, database, parent_id, slot)
-    SELECT df._node_id(v_base, g.ord), v_id, g.node_type,
-           CASE
-               WHEN g.cond_ord IS NOT NULL
-                   THEN pg_catalog.json_build_object('condition_node', df._node_id(v_base, g.cond_ord))::text
-               WHEN COALESCE(pg_catalog.cardinality(g.extra_ords), 0) > 0
-                   THEN pg_catalog.json_build_object('extra_nodes',
-                        (SELECT pg_catalog.array_agg(df._node_id(v_base, e) ORDER BY k)
-                           FROM pg_catalog.unnest(g.extra_ords) WITH ORDINALITY AS x(e, k)))::text
-               ELSE g.query
-           END,
-           g.result_name,
-           CASE WHEN g.left_ord IS NOT NULL THEN df._node_id(v_base, g.left_ord) END,
-           CASE WHEN g.right_ord IS NOT NULL THEN df._node_id(v_base, g.right_ord) END,
-           v_caller, p_database,
-           CASE WHEN g.parent_ord IS NOT NULL THEN df._node_id(v_base, g.parent_ord) END,
-           g.slot
-      FROM pg_catalog.jsonb_to_recordset(v_graph) AS g(ord integer, parent_ord integer, slot text,
-               node_type text, query text, result_name text, left_ord integer, right_ord integer,
-               cond_ord integer, extra_ords integer[]);
+    SELECT g.id, v_id, g.node_type, g.query, g.result_name, g.left_node, g.right_node, v_caller, p_database,
+           g.parent_id, g.slot
+      FROM ROWS FROM (pg_catalog.unnest(v_ids), pg_catalog.unnest(v_types), pg_catalog.unnest(v_queries),
+                      pg_catalog.unnest(v_names), pg_catalog.unnest(v_lefts), pg_catalog.unnest(v_rights),
+                      pg_catalog.unnest(v_parents), pg_catalog.unnest(v_slots))
+           AS g(id, node_type, query, result_name, left_node, right_node, parent_id, slot);
 
     INSERT INTO df.instance_vars (instance_id, name, value)
     SELECT v_id, v.name, v.value FROM df.vars AS v WHERE v.owner = v_caller AND v.value IS NOT NULL;

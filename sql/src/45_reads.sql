@@ -117,6 +117,11 @@ BEGIN
 END
 $$;
 
+-- Pages follow the index order (created_at DESC, id): the keyset condition
+-- "after (ts, id)" is written as created_at <= ts AND (created_at < ts OR
+-- id > id), whose first half is an index condition, so a deep page reads
+-- only its own rows.  Planned for each call's values (custom plan): the
+-- status and label filters then use their indexes too.
 CREATE FUNCTION df.list_instances(status_filter text, limit_count integer, label_filter text,
                                   after_cursor text DEFAULT NULL)
 RETURNS TABLE(instance_id text, label text, function_name text, status text, execution_count bigint,
@@ -124,6 +129,7 @@ RETURNS TABLE(instance_id text, label text, function_name text, status text, exe
               resource_version bigint, labels jsonb, annotations jsonb)
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
     v_after_ts timestamptz;
@@ -141,8 +147,8 @@ BEGIN
          WHERE (status_filter IS NULL OR i.status = status_filter)
            AND (label_filter IS NULL OR i.label = label_filter)
            AND i.created_at IS NOT NULL
-           AND (v_after_ts IS NULL OR i.created_at < v_after_ts
-                OR (i.created_at = v_after_ts AND i.id > v_after_id))
+           AND i.created_at <= COALESCE(v_after_ts, 'infinity'::timestamptz)
+           AND (v_after_ts IS NULL OR i.created_at < v_after_ts OR i.id > v_after_id)
          ORDER BY i.created_at DESC, i.id ASC
          LIMIT limit_count + 1
     ), numbered AS (
