@@ -416,20 +416,25 @@ class Scheduler:
             inst = self.held[job.instance_id].snap.instance
             groups.setdefault((inst["submitter"], inst["database"]), []).append(job)
         timeout_ms = int(self.worker.setting("statement_timeout_ms", 0))
-        steps = self.worker.steps
-        assert steps is not None
         for (role, database), group in groups.items():
             size = self.batch if database is None else 1
             for i in range(0, len(group), size):
                 chunk = group[i:i + size]
-                future = self.worker.step_pool.submit(steps.run_jobs, role, database, chunk, timeout_ms)
+                future = self.worker.step_pool.submit(self._run_jobs, role, database, chunk, timeout_ms)
                 future.add_done_callback(self._finished)
 
-    def _finished(self, future: Any) -> None:
+    def _run_jobs(self, role: str | None, database: str | None, jobs: list[StepJob],
+                  timeout_ms: int) -> list[tuple[StepJob, StepResult]]:
+        steps = self.worker.steps
+        assert steps is not None
         try:
-            self.done.append(future.result())
-        except BaseException as exc:  # noqa: BLE001 - a bug in the step runner: fail loudly, keep going
-            log.error("step runner failed: %s", exc, exc_info=exc)
+            return steps.run_jobs(role, database, jobs, timeout_ms)
+        except Exception as exc:  # noqa: BLE001 - a bug: log it loudly, give the instances back, keep going
+            log.error("running steps failed: %s", exc, exc_info=exc)
+            return [(job, StepResult(Outcome.RETRY, message=f"the worker failed: {exc}")) for job in jobs]
+
+    def _finished(self, future: Any) -> None:
+        self.done.append(future.result())
         self.worker.wakeup.set()
 
     def _cancel_steps(self, h: Held) -> None:
