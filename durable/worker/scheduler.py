@@ -1,16 +1,17 @@
 """The worker's scheduler for schema 0.3.0 and later: every held instance in memory, one thread.
 
-One loop owns every instance this worker holds, and never waits for the
-database: its writes and claims run on a few I/O threads while it goes on
-with the instances they do not touch.  It reads them when it
+One loop owns every instance this worker holds.  It reads instances when it
 claims them (one call for many), keeps their rows current from what it
 writes and from what each step's checkpoint returns, decides with the pure
 engine, and writes the decisions of all instances that moved in one call
 (`df._advance_v2`), which also registers the attempts of the steps it
-starts.  Steps run on submitter connections in a thread pool, one
-transaction each, or in the opt-in batched mode several of one submitter in
-one transaction.  It reads an instance again only when it must: a nudge
-(cancel, signal), a conflict, a refused checkpoint or a cancelled step.
+starts.  It never waits for the database: writes and claims run on a few
+I/O threads while it goes on with the instances they do not touch (an
+instance whose write is in flight waits for it).  Steps run on submitter
+connections in a thread pool, one transaction each, or in the opt-in
+batched mode several of one submitter in one transaction.  It reads an
+instance again only when it must: a nudge (cancel, signal), a conflict, a
+refused checkpoint or a cancelled step.
 
 NOTIFY is a hint, polling the guarantee: nudges are polled for every held
 instance four times a second, new work every poll interval.
