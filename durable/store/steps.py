@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import logging
 import re
 import secrets
 import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -31,6 +32,8 @@ from psycopg_pool import ConnectionPool
 from durable.store import results
 from durable.store.queries import query
 from durable.store.worker_db import Claim, WorkerDB
+
+log = logging.getLogger("durable.worker")
 
 # The worker's own secrets and client certificate never reach a submitter's connection.
 _DROPPED_PARAMS = ("user", "password", "sslcert", "sslkey", "sslpassword")
@@ -64,13 +67,29 @@ class StepResult:
     version: int | None = None
 
 
-class Handle(Protocol):
-    """Lets the scheduler cancel a running step: `attach(conn)` is told the connection (False: the
-    step was cancelled already, do not start it), `cancelled` says whether it was asked to stop."""
+class StepHandle:
+    """A step that can be cancelled from another thread: `attach(conn)` is told the connection its
+    statement runs on (False: it was cancelled already, do not start it); `cancel()` marks it and
+    cancels the statement running on the attached connection, if any."""
 
-    cancelled: bool
+    def __init__(self) -> None:
+        self.conn: psycopg.Connection[Any] | None = None
+        self.cancelled = False
+        self.lock = threading.Lock()
 
-    def attach(self, conn: psycopg.Connection[Any] | None) -> bool: ...
+    def attach(self, conn: psycopg.Connection[Any] | None) -> bool:
+        with self.lock:
+            self.conn = conn
+            return not (conn is not None and self.cancelled)
+
+    def cancel(self) -> None:
+        with self.lock:
+            self.cancelled = True
+            if self.conn is not None:
+                try:
+                    self.conn.cancel_safe(timeout=5.0)
+                except Exception as exc:  # noqa: BLE001 - the step may have just finished
+                    log.debug("cancel of a step: %s", exc)
 
 
 def _token() -> str:
@@ -91,7 +110,7 @@ class StepJob:
     token: uuid.UUID
     sql: str
     details: dict[str, Any] | None
-    handle: Handle
+    handle: StepHandle
     version: int = 0  # the node's version once the attempt is registered
     bind_secret: str = field(default_factory=_token, repr=False)
     secret: str = field(default_factory=_token, repr=False)
@@ -181,26 +200,15 @@ class StepRunner:
         """Run one step (the node must still be at `expected_version` when it checkpoints).  `register(conn)` lets the caller cancel it; it returns False when the
         step must not start (already cancelled)."""
         if role is None:
-            return StepResult(Outcome.REFUSED, message="submitted_by role no longer exists in pg_roles")
+            return StepResult(Outcome.REFUSED, message=_NO_ROLE)
         if database == self.home_database:
             database = None
         if transaction_control(sql_text):
-            return StepResult(Outcome.FAILED, message=(
-                "transaction control statements (BEGIN, COMMIT, ROLLBACK, SAVEPOINT, ...) cannot be workflow "
-                "steps: each step already runs in its own transaction"))
-        try:
-            pool = self._pool(role, database)
-            if not pool.get_stats().get("pool_available", 0):
-                # A new login is coming: a role made NOLOGIN (or worse) is refused now, not after a timeout.
-                refusal = self._refusal(claim)
-                if refusal is not None:
-                    return StepResult(Outcome.REFUSED, message=refusal)
-            conn = pool.getconn()
-        except Exception as exc:  # noqa: BLE001 - any connect failure: refused for good, or try again later
-            refusal = self._refusal(claim)
-            if refusal is not None:
-                return StepResult(Outcome.REFUSED, message=refusal)
-            return StepResult(Outcome.RETRY, message=f"cannot connect as {role}: {str(exc).strip()}")
+            return StepResult(Outcome.FAILED, message=_TX_CONTROL_REFUSED)
+        got = self._connect(role, database, claim.instance_id)
+        if isinstance(got, StepResult):
+            return got
+        pool, conn = got
         try:
             return self._run_on(conn, claim, node_id, sql_text, status_details, expected_version, timeout_ms,
                                 register, elsewhere=database is not None)
@@ -214,8 +222,7 @@ class StepRunner:
         """Run steps of one submitter: one alone in its own transaction, several in one transaction
         (the opt-in batched mode).  Every job gets a result."""
         if role is None:
-            return [(j, StepResult(Outcome.REFUSED, message="submitted_by role no longer exists in pg_roles"))
-                    for j in jobs]
+            return [(j, StepResult(Outcome.REFUSED, message=_NO_ROLE)) for j in jobs]
         if database == self.home_database:
             database = None
         done: list[tuple[StepJob, StepResult]] = []
@@ -227,20 +234,10 @@ class StepRunner:
                 todo.append(job)
         if not todo:
             return done
-        try:
-            pool = self._pool(role, database)
-            stats = pool.get_stats()
-            if not stats.get("pool_available", 0) and stats.get("pool_size", 0) < pool.max_size:
-                # A new login is coming: a role made NOLOGIN (or worse) is refused now, not after a timeout.
-                refusal = self._refusal_of(todo[0].instance_id)
-                if refusal is not None:
-                    return done + [(j, StepResult(Outcome.REFUSED, message=refusal)) for j in todo]
-            conn = pool.getconn()
-        except Exception as exc:  # noqa: BLE001 - any connect failure: refused for good, or try again later
-            refusal = self._refusal_of(todo[0].instance_id)
-            outcome = StepResult(Outcome.REFUSED, message=refusal) if refusal is not None else \
-                StepResult(Outcome.RETRY, message=f"cannot connect as {role}: {str(exc).strip()}")
-            return done + [(j, outcome) for j in todo]
+        got = self._connect(role, database, todo[0].instance_id)
+        if isinstance(got, StepResult):
+            return done + [(j, got) for j in todo]
+        pool, conn = got
         try:
             if database is not None:
                 done += [(j, self._remote(conn, j, timeout_ms)) for j in todo]
@@ -254,11 +251,24 @@ class StepRunner:
             pool.putconn(conn)  # a broken connection is discarded, a good one reset (_RESET)
         return done
 
-    def _refusal_of(self, instance_id: str) -> str | None:
+    def _connect(self, role: str, database: str | None,
+                 instance_id: str) -> tuple[ConnectionPool, psycopg.Connection[Any]] | StepResult:
+        """A pooled connection logged in as the submitter, or why there is none: refused for good
+        (the submitter may not run steps any more), or trouble to retry later."""
         try:
-            return self.db.submitter_refusal(instance_id)
-        except Exception:  # noqa: BLE001
-            return None
+            pool = self._pool(role, database)
+            stats = pool.get_stats()
+            if not stats.get("pool_available", 0) and stats.get("pool_size", 0) < pool.max_size:
+                # A new login is coming: a role made NOLOGIN (or worse) is refused now, not after a timeout.
+                refusal = self._refusal(instance_id)
+                if refusal is not None:
+                    return StepResult(Outcome.REFUSED, message=refusal)
+            return pool, pool.getconn()
+        except Exception as exc:  # noqa: BLE001 - any connect failure: refused for good, or try again later
+            refusal = self._refusal(instance_id)
+            if refusal is not None:
+                return StepResult(Outcome.REFUSED, message=refusal)
+            return StepResult(Outcome.RETRY, message=f"cannot connect as {role}: {str(exc).strip()}")
 
     def _single(self, conn: psycopg.Connection[Any], job: StepJob, timeout_ms: int) -> StepResult:
         """One step, one transaction: [BEGIN, prepare and bind, statement] then [constraints, guard,
@@ -462,11 +472,11 @@ class StepRunner:
         out += [(j, self._single(conn, j, timeout_ms)) for j in alone]
         return out
 
-    def _refusal(self, claim: Claim) -> str | None:
+    def _refusal(self, instance_id: str) -> str | None:
         """Why the submitter may not run steps, or None (also when it cannot be told: the database may
         be down, or a 0.1.0 schema lacks the function; the login attempt then decides)."""
         try:
-            return self.db.submitter_refusal(claim.instance_id)
+            return self.db.submitter_refusal(instance_id)
         except Exception:  # noqa: BLE001
             return None
 
@@ -629,6 +639,7 @@ def _reset(conn: psycopg.Connection[Any]) -> None:
         conn.autocommit = False
 
 
+_NO_ROLE = "submitted_by role no longer exists in pg_roles"
 _TX_CONTROL_REFUSED = ("transaction control statements (BEGIN, COMMIT, ROLLBACK, SAVEPOINT, ...) cannot be workflow "
                        "steps: each step already runs in its own transaction")
 

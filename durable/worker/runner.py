@@ -10,19 +10,17 @@ most five times, then the claim is released (never the instance failed).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from durable.errors import ConflictError, DurableError, LeaseLostError
-from durable.store.steps import Outcome, StepResult
+from durable.store.steps import Outcome, StepHandle, StepResult
 from durable.store.worker_db import Claim, Loaded
 from durable.worker import view as views
 
 if TYPE_CHECKING:
-    import psycopg
 
     from durable.worker.worker import Worker
 
@@ -34,29 +32,13 @@ HOLD_HORIZON = timedelta(seconds=2)
 TERMINAL = ("completed", "failed", "cancelled")
 
 
-class _InFlight:
+class _InFlight(StepHandle):
     """A SQL step running on a submitter connection, cancellable from here."""
 
     def __init__(self, node_id: str) -> None:
+        super().__init__()
         self.node_id = node_id
-        self.conn: psycopg.Connection[Any] | None = None
-        self.cancelled = False
-        self.lock = threading.Lock()
         self.future: Future[StepResult] | None = None
-
-    def attach(self, conn: psycopg.Connection[Any] | None) -> bool:
-        with self.lock:
-            self.conn = conn
-            return not (conn is not None and self.cancelled)
-
-    def cancel(self) -> None:
-        with self.lock:
-            self.cancelled = True
-            if self.conn is not None:
-                try:
-                    self.conn.cancel_safe(timeout=5.0)
-                except Exception as exc:  # noqa: BLE001 - the step may have just finished
-                    log.debug("cancel of %s: %s", self.node_id, exc)
 
 
 class InstanceRunner:

@@ -20,7 +20,6 @@ instance four times a second, new work every poll interval.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,13 +27,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from durable.store.steps import Outcome, StepJob, StepResult
+from durable.store.steps import Outcome, StepHandle, StepJob, StepResult
 from durable.store.worker_db import Read, Snapshot
 from durable.worker import view as views
 
 if TYPE_CHECKING:
-    import psycopg
-
     from durable.worker.worker import Worker
 
 log = logging.getLogger("durable.worker")
@@ -46,29 +43,6 @@ NUDGE_POLL_SECONDS = 0.25
 MAX_WRITES = 3  # decisions written at once, each for many instances
 TERMINAL = ("completed", "failed", "cancelled")
 RETRY_DELAY = timedelta(seconds=1)
-
-
-class _InFlight:
-    """A SQL step running on a submitter connection, cancellable from the scheduler."""
-
-    def __init__(self) -> None:
-        self.conn: psycopg.Connection[Any] | None = None
-        self.cancelled = False
-        self.lock = threading.Lock()
-
-    def attach(self, conn: psycopg.Connection[Any] | None) -> bool:
-        with self.lock:
-            self.conn = conn
-            return not (conn is not None and self.cancelled)
-
-    def cancel(self) -> None:
-        with self.lock:
-            self.cancelled = True
-            if self.conn is not None:
-                try:
-                    self.conn.cancel_safe(timeout=5.0)
-                except Exception as exc:  # noqa: BLE001 - the step may have just finished
-                    log.debug("cancel of a step: %s", exc)
 
 
 @dataclass(eq=False)
@@ -134,14 +108,18 @@ class Scheduler:
                 self._round(stopping)
                 self.backoff = 0.0
             except Exception as exc:  # noqa: BLE001 - the database may be restarting: read again, later
-                self.backoff = min(max(self.backoff * 2, 0.5), 5.0)
-                log.warning("worker round failed (retrying in %.1fs): %s", self.backoff, exc)
                 for h in self.held.values():
                     h.reload = True
-                self.worker.stopping.wait(self.backoff)
+                self._back_off("worker round", exc)
         for h in list(self.held.values()):
             self._cancel_steps(h)
         self.io.shutdown(wait=True)
+
+    def _back_off(self, what: str, exc: Exception) -> None:
+        """Wait before touching the database again: 0.5 s, doubling up to 5 s while it keeps failing."""
+        self.backoff = min(max(self.backoff * 2, 0.5), 5.0)
+        log.warning("%s failed (retrying in %.1fs): %s", what, self.backoff, exc)
+        self.worker.stopping.wait(self.backoff)
 
     def busy(self) -> bool:
         return bool(self.held)
@@ -165,21 +143,13 @@ class Scheduler:
         self.worker.wakeup.clear()
 
     def _round(self, stopping: bool) -> None:
-        t0 = time.perf_counter()
         self._collect()
-        t1 = time.perf_counter()
         self._poll_nudges()
         self._timers()
         self._reload([h for h in self.held.values() if h.reload and not h.writing])
-        t2 = time.perf_counter()
-        n = self._advance(stopping)
-        t3 = time.perf_counter()
+        self._advance(stopping)
         if not stopping:
             self._claim()
-        t4 = time.perf_counter()
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("round: collect %.1fms reload %.1fms advance(%s) %.1fms claim %.1fms held %s",
-                      (t1 - t0) * 1e3, (t2 - t1) * 1e3, n, (t3 - t2) * 1e3, (t4 - t3) * 1e3, len(self.held))
 
     # -- what happened ----------------------------------------------------------------------------
     def _collect(self) -> None:
@@ -264,10 +234,10 @@ class Scheduler:
                 pass
         return h.now + timedelta(seconds=time.monotonic() - h.read_at)
 
-    def _advance(self, stopping: bool) -> int:
+    def _advance(self, stopping: bool) -> None:
         """Decide every instance that moved and send the decisions in one write (in the background)."""
         if self.writes >= MAX_WRITES:
-            return 0
+            return
         items: list[dict[str, Any]] = []
         plans: dict[str, list[StepJob]] = {}
         for h in list(self.held.values()):
@@ -279,11 +249,10 @@ class Scheduler:
                 h.writing = True
                 items.append(item)
         if not items:
-            return 0
+            return
         self.writes += 1
         future = self.io.submit(self.db.advance_v2, self.worker.worker_id, items)
         future.add_done_callback(lambda f: self._arrived(self.written, (items, plans, f)))
-        return len(items)
 
     def _arrived(self, into: deque[Any], what: Any) -> None:
         into.append(what)
@@ -294,22 +263,20 @@ class Scheduler:
         try:
             now, results = future.result()
         except Exception as exc:  # noqa: BLE001 - the database may be restarting: read again, later
-            log.warning("writing decisions failed: %s", exc)
             for item in items:
                 h = self.held.get(item["id"])
                 if h is not None:
                     h.writing, h.reload = False, True
-            self.backoff = min(max(self.backoff * 2, 0.5), 5.0)
-            self.worker.stopping.wait(self.backoff)
+            self._back_off("writing decisions", exc)
             return
+        started: list[StepJob] = []
         for item in items:
             h = self.held.get(item["id"])
             if h is None:
                 continue
             h.writing = False
-            self._applied(h, item, results.get(h.iid) or {"error": "lease"}, now, plans.get(h.iid, []))
-        self._dispatch([j for iid, jobs in plans.items() if iid in self.held for j in jobs
-                        if self.held[iid].inflight.get(j.node_id) is j])
+            started += self._applied(h, item, results.get(h.iid) or {"error": "lease"}, now, plans.get(h.iid, []))
+        self._dispatch(started)
 
     def _item(self, h: Held, stopping: bool, plans: dict[str, list[StepJob]]) -> dict[str, Any] | None:
         base: dict[str, Any] = {"id": h.iid, "token": str(h.token), "ended": sorted(h.ended), "nudges": h.nudges}
@@ -342,14 +309,14 @@ class Scheduler:
             return {**item, "status": decision.instance_status, "output": decision.output}
         for node_id in decision.cancel:
             if node_id in h.inflight:
-                h.inflight[node_id].handle.cancel()  # type: ignore[attr-defined]
+                h.inflight[node_id].handle.cancel()
         # in_flight: every SQL step that should be running, including those an earlier holder of the
         # lease started and never checkpointed (they run again).
         jobs = []
         for step in [] if stopping else (decision.in_flight or decision.run_sql):
             if step.node_id not in h.inflight:
                 job = StepJob(h.iid, step.node_id, h.token, step.sql, views.details_of(decision, v, step.node_id),
-                              _InFlight())
+                              StepHandle())
                 jobs.append(job)
         if jobs:
             plans[h.iid] = jobs
@@ -370,27 +337,28 @@ class Scheduler:
         return item
 
     def _applied(self, h: Held, item: dict[str, Any], result: dict[str, Any], now: datetime,
-                 jobs: list[StepJob]) -> None:
+                 jobs: list[StepJob]) -> list[StepJob]:
+        """Take in the outcome of a written decision; the steps it started (to run now)."""
         error = result.get("error")
         if error == "conflict":
             h.conflicts += 1
             h.reload = True
-            return
+            return []
         if error == "refused":
             h.fail_instance = str(result.get("message"))
             h.dirty = True
-            return
+            return []
         if error is not None:
             if h.snap.instance["status"] not in TERMINAL:
                 log.warning("instance %s: lease lost, another worker took over", h.iid)
             self._drop(h)
-            return
+            return []
         h.conflicts = 0
         h.ended.clear()
         status = result.get("status")
         if status in TERMINAL or item.get("release"):
             self._drop(h)
-            return
+            return []
         versions = result.get("versions") or {}
         for update in item.get("updates") or []:
             node = h.snap.nodes[update["node_id"]]
@@ -409,6 +377,7 @@ class Scheduler:
         for job in jobs:
             job.version = int(h.snap.nodes[job.node_id]["resource_version"])
             h.inflight[job.node_id] = job
+        return jobs
 
     # -- steps ------------------------------------------------------------------------------------
     def _dispatch(self, jobs: list[StepJob]) -> None:
@@ -440,7 +409,7 @@ class Scheduler:
 
     def _cancel_steps(self, h: Held) -> None:
         for job in h.inflight.values():
-            job.handle.cancel()  # type: ignore[attr-defined]
+            job.handle.cancel()
         h.inflight.clear()
 
     def _drop(self, h: Held) -> None:
@@ -482,9 +451,7 @@ class Scheduler:
         try:
             read = future.result()
         except Exception as exc:  # noqa: BLE001 - the database may be restarting: claim again, later
-            log.warning("claim failed: %s", exc)
-            self.backoff = min(max(self.backoff * 2, 0.5), 5.0)
-            self.worker.stopping.wait(self.backoff)
+            self._back_off("claim", exc)
             return
         self.backoff = 0.0
         if read.settings is not None:

@@ -20,10 +20,16 @@ END
 $$;
 
 -- The one clock seam: transaction time, unless a test fakes it.
+-- PL/pgSQL (0.3.0): its plan is cached; a LANGUAGE sql function with a SET
+-- clause is planned again at every call, and the worker's calls use it often.
 CREATE FUNCTION df._now() RETURNS timestamptz
-LANGUAGE sql STABLE SECURITY DEFINER
+LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT COALESCE((SELECT s.value::timestamptz FROM df.settings AS s WHERE s.key = 'fake_now'), pg_catalog.now()) $$;
+AS $$
+BEGIN
+    RETURN COALESCE((SELECT s.value::timestamptz FROM df.settings AS s WHERE s.key = 'fake_now'), pg_catalog.now());
+END
+$$;
 
 -- First resource_version of a new row: above anything an earlier holder of
 -- the same id could have reached (microseconds of the real clock, never

@@ -373,7 +373,7 @@ SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
 AS $$
 BEGIN
-    RETURN pg_catalog.jsonb_build_object('now', COALESCE((SELECT f.value::timestamptz FROM df.settings AS f WHERE f.key = 'fake_now'), pg_catalog.now()), 'instances', COALESCE((
+    RETURN pg_catalog.jsonb_build_object('now', df._now(), 'instances', COALESCE((
         WITH n AS (
             SELECT n.instance_id, pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
                        'id', n.id, 'node_type', n.node_type, 'query', n.query, 'result_name', n.result_name,
@@ -415,8 +415,7 @@ SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_now   timestamptz := pg_catalog.clock_timestamp();
-    v_due   timestamptz := GREATEST(COALESCE((SELECT s.value::timestamptz FROM df.settings AS s WHERE s.key = 'fake_now'), pg_catalog.now()),
-                                    pg_catalog.clock_timestamp());
+    v_due   timestamptz := GREATEST(df._now(), pg_catalog.clock_timestamp());
     v_lease interval := pg_catalog.make_interval(secs => COALESCE(df._setting('lease_seconds')::double precision, 30));
     v_ids   text[];
 BEGIN
@@ -637,8 +636,7 @@ BEGIN
           FROM pg_catalog.jsonb_array_elements(p_items) AS e
           LEFT JOIN pg_catalog.unnest(v_held) AS x(id) ON x.id = e.value ->> 'id'
           LEFT JOIN df.instances AS i ON i.id = x.id AND i.id = ANY (v_held)) AS r;
-    RETURN pg_catalog.jsonb_build_object('now', COALESCE((SELECT s.value::timestamptz FROM df.settings AS s WHERE s.key = 'fake_now'), pg_catalog.now()),
-                                         'results', v_results);
+    RETURN pg_catalog.jsonb_build_object('now', df._now(), 'results', v_results);
 END
 $$;
 
