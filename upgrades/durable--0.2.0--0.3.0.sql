@@ -393,6 +393,10 @@ ALTER TABLE df.attempts ADD COLUMN bind_hash bytea;
 DROP INDEX df.idx_attempts_backend;
 ALTER TABLE df.attempts SET (fillfactor = 50);
 ALTER TABLE df.waiters SET UNLOGGED;
+-- Room on each page for the updates a step makes (HOT: no index entries); rows already stored keep
+-- their pages until they are rewritten.
+ALTER TABLE df.nodes SET (fillfactor = 60);
+ALTER TABLE df.instance_queue SET (fillfactor = 50);
 
 -- PL/pgSQL (0.3.0): its plan is cached; a LANGUAGE sql function with a SET
 -- clause is planned again at every call, and the worker's calls use it often.
@@ -813,6 +817,129 @@ BEGIN
             USING ERRCODE = 'DF014';
     END IF;
     RETURN v_versions;
+END
+$$;
+
+-- The default mode's step transaction, with the decision that follows the
+-- step.  Checks and records the step's result as df._checkpoint_v2 does for
+-- one step (raising unless the transaction, the secret, the backend, the live
+-- lease and the node's version check out), then writes the engine's next
+-- decision for the instance, which the worker made from the step's result
+-- before committing: p_next {"updates": [node updates, CAS on
+-- expected_version], "attempts": [{node_id, bind_hash, secret_hash} (hex)],
+-- "status": null or the instance's final status, "output"}.  The decision is
+-- written only if every node it updates is still at the version the worker
+-- read and the submitter may still start steps; otherwise the step's result
+-- alone is recorded and the worker writes the decision itself.  Locks in the
+-- worker's order (queue row, instance row, nodes in id order), as
+-- df._advance_v2 does.  Returns {"versions": [the step node's new version],
+-- "next": null | {"status", "versions": {node id: new version}, "now"}}.
+CREATE FUNCTION df._checkpoint_next_v1(p_xid text, p_instance_id text, p_node_id text, p_secret text,
+                                       p_result text, p_details jsonb, p_version bigint, p_next jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    v_status   text := p_next ->> 'status';
+    v_updates  jsonb := COALESCE(p_next -> 'updates', '[]');
+    v_attempts jsonb := COALESCE(p_next -> 'attempts', '[]');
+    v_fold     boolean := p_next IS NOT NULL AND (COALESCE(p_next ->> 'status', '') IN ('completed', 'failed')
+                                                  OR pg_catalog.jsonb_array_length(v_attempts) > 0);
+    v_token    uuid;
+    v_role     regrole;
+    v_own      integer;
+    v_matched  integer;
+    v_versions jsonb;
+BEGIN
+    IF pg_catalog.pg_current_xact_id()::text IS DISTINCT FROM p_xid THEN
+        RAISE EXCEPTION 'durable: checkpoint refused: the step ended its transaction' USING ERRCODE = 'DF014';
+    END IF;
+    SELECT q.lease_token INTO v_token FROM df.instance_queue AS q
+     WHERE q.instance_id = p_instance_id AND q.lease_expires_at > pg_catalog.clock_timestamp()
+       FOR UPDATE;
+    SELECT i.submitted_by INTO v_role FROM df.instances AS i
+     WHERE i.id = p_instance_id AND i.status IN ('pending', 'running')
+       AND i.submitted_by = pg_catalog.quote_ident(session_user)::regrole
+       FOR UPDATE;
+    -- Deleting the attempt checks it: its secret, on this backend, under the live lease of a live
+    -- instance of this session's role.
+    DELETE FROM df.attempts AS a
+     WHERE a.instance_id = p_instance_id AND a.node_id = p_node_id
+       AND a.secret_hash = pg_catalog.sha256(pg_catalog.convert_to(p_secret, 'UTF8'))
+       AND a.backend_pid = pg_catalog.pg_backend_pid() AND a.lease_token = v_token AND v_role IS NOT NULL;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'durable: checkpoint refused' USING ERRCODE = 'DF014';
+    END IF;
+    -- The step's node (still running this attempt) and every node the decision changes, at the
+    -- versions the worker read, locked.
+    SELECT pg_catalog.count(*) FILTER (WHERE x.own), pg_catalog.count(*) FILTER (WHERE NOT x.own)
+      INTO v_own, v_matched FROM (
+        SELECT w.own FROM df.nodes AS n
+          JOIN (SELECT p_node_id AS node_id, p_version AS expected_version, true AS own
+                UNION ALL
+                SELECT u.node_id, u.expected_version, false
+                  FROM pg_catalog.jsonb_to_recordset(CASE WHEN v_fold THEN v_updates ELSE '[]' END)
+                       AS u(node_id text, expected_version bigint)) AS w
+            ON n.id = w.node_id AND n.resource_version = w.expected_version
+         WHERE n.instance_id = p_instance_id AND (n.status = 'running' OR NOT w.own)
+         ORDER BY n.id
+           FOR UPDATE OF n) AS x;
+    IF v_own <> 1 THEN
+        RAISE EXCEPTION 'durable: checkpoint refused: the node is no longer running this attempt'
+            USING ERRCODE = 'DF014';
+    END IF;
+    v_fold := v_fold AND v_matched = pg_catalog.jsonb_array_length(v_updates)
+              AND (pg_catalog.jsonb_array_length(v_attempts) = 0 OR df._submitter_refusal(v_role) IS NULL);
+    WITH u AS (
+        SELECT p_node_id AS node_id, true AS own, 'completed' AS status, p_result AS result_text,
+               NULL::timestamptz AS wake_at, NULL::jsonb AS state, p_details AS status_details
+        UNION ALL
+        SELECT x.node_id, false, x.status, x.result_text, x.wake_at, x.state, x.status_details
+          FROM pg_catalog.jsonb_to_recordset(CASE WHEN v_fold THEN v_updates ELSE '[]' END) AS x(
+                   node_id text, status text, result_text text, wake_at timestamptz, state jsonb,
+                   status_details jsonb)
+    ), done AS (
+        UPDATE df.nodes AS n
+           SET status = u.status, result_text = u.result_text,
+               result = CASE WHEN u.result_text IS NULL THEN NULL ELSE u.result_text::jsonb END,
+               wake_at = u.wake_at, state = CASE WHEN u.own THEN n.state ELSE u.state END,
+               status_details = u.status_details
+          FROM u
+         WHERE n.instance_id = p_instance_id AND n.id = u.node_id
+        RETURNING n.id, n.resource_version
+    )
+    SELECT pg_catalog.jsonb_object_agg(done.id, done.resource_version) INTO v_versions FROM done;
+    IF NOT v_fold THEN
+        RETURN pg_catalog.jsonb_build_object('versions', pg_catalog.jsonb_build_array(v_versions -> p_node_id),
+                                             'next', NULL);
+    END IF;
+    IF v_status IN ('completed', 'failed') THEN
+        UPDATE df.instances AS i
+           SET status = v_status, output = p_next ->> 'output',
+               completed_at = CASE WHEN v_status = 'completed' THEN pg_catalog.now() ELSE i.completed_at END
+         WHERE i.id = p_instance_id;
+        DELETE FROM df.instance_queue AS q WHERE q.instance_id = p_instance_id;
+        DELETE FROM df.attempts AS a WHERE a.instance_id = p_instance_id;
+        PERFORM df._notify_done();
+    ELSE
+        -- A node the decision changes or starts has no attempt in flight any more (one an earlier
+        -- holder of the lease left goes); then the next steps' attempts.
+        DELETE FROM df.attempts AS a
+         WHERE a.instance_id = p_instance_id
+           AND a.node_id IN (SELECT x.node_id FROM pg_catalog.jsonb_to_recordset(v_updates) AS x(node_id text)
+                             UNION ALL
+                             SELECT x.node_id FROM pg_catalog.jsonb_to_recordset(v_attempts) AS x(node_id text));
+        INSERT INTO df.attempts (instance_id, node_id, lease_token, secret_hash, bind_hash)
+        SELECT p_instance_id, x.node_id, v_token, pg_catalog.decode(x.secret_hash, 'hex'),
+               pg_catalog.decode(x.bind_hash, 'hex')
+          FROM pg_catalog.jsonb_to_recordset(v_attempts) AS x(node_id text, secret_hash text, bind_hash text);
+    END IF;
+    RETURN pg_catalog.jsonb_build_object(
+        'versions', pg_catalog.jsonb_build_array(v_versions -> p_node_id),
+        'next', pg_catalog.jsonb_build_object('status', COALESCE(v_status, 'running'),
+                                              'versions', v_versions - p_node_id, 'now', df._now()));
 END
 $$;
 

@@ -145,3 +145,8 @@ SELECT df._step_reset_v1(%(timeout)s)
 -- Record the results of the transaction's steps, all or none (secret-checked, 0.3.0).
 SELECT df._checkpoint_v2(%(xid)s, %(instance_ids)s, %(node_ids)s, %(secrets)s, %(results)s, %(details)s,
                          %(versions)s)
+
+-- name: checkpoint_next --
+-- Record one step's result and the decision that follows it (the default mode, 0.3.0).
+SELECT df._checkpoint_next_v1(%(xid)s, %(instance_id)s, %(node_id)s, %(secret)s, %(result)s, %(details)s,
+                              %(version)s, %(next)s)

@@ -65,6 +65,17 @@ class StepResult:
     result_text: str | None = None
     message: str | None = None
     version: int | None = None
+    folded: Folded | None = None  # the decision that followed, written in the step's transaction
+
+
+@dataclass
+class Folded:
+    """The decision that followed a step, written with its checkpoint (df._checkpoint_next_v1): what
+    was written, the steps it started and what the database returned (status, node versions, now)."""
+
+    item: dict[str, Any]
+    jobs: list[StepJob]
+    written: dict[str, Any]
 
 
 class StepHandle:
@@ -114,9 +125,23 @@ class StepJob:
     version: int = 0  # the node's version once the attempt is registered
     bind_secret: str = field(default_factory=_token, repr=False)
     secret: str = field(default_factory=_token, repr=False)
+    # The default mode: from the step's result, the decision that follows it (what to write with the
+    # checkpoint and the steps it starts), or None to leave it to the scheduler.
+    then: Callable[[str], tuple[dict[str, Any], list[StepJob]] | None] | None = field(default=None, repr=False)
 
     def attempt(self) -> dict[str, str]:
         return {"node_id": self.node_id, "bind_hash": _hash(self.bind_secret), "secret_hash": _hash(self.secret)}
+
+
+def _then(job: StepJob, result_text: str) -> tuple[dict[str, Any], list[StepJob]] | None:
+    """The decision that follows the job's step, if the scheduler gave it a way to make one."""
+    if job.then is None:
+        return None
+    try:
+        return job.then(result_text)
+    except Exception as exc:  # noqa: BLE001 - a bug: the step still checkpoints; the scheduler decides
+        log.error("deciding after the step of instance %s failed: %s", job.instance_id, exc, exc_info=exc)
+        return None
 
 
 def _skip_leading_noise(text: str) -> str:
@@ -292,24 +317,36 @@ class StepRunner:
                 return self._single_on_its_own(conn, job, timeout_ms)
             return _classify(exc)
         self.fault("after_statement")
-        return self._commit(conn, [job], [result_text], xid)
+        return self._commit(conn, [job], [result_text], xid, _then(job, result_text))
 
-    def _commit(self, conn: psycopg.Connection[Any], jobs: list[StepJob], texts: list[str],
-                xid: str) -> StepResult:
-        """Fire deferred constraints, guard the session, checkpoint every job and commit: one round trip.
-        The result says how it went for all of them; the versions land in the jobs."""
+    def _commit(self, conn: psycopg.Connection[Any], jobs: list[StepJob], texts: list[str], xid: str,
+                then: tuple[dict[str, Any], list[StepJob]] | None = None) -> StepResult:
+        """Fire deferred constraints, guard the session, checkpoint every job (one job: with the decision
+        that follows it, `then`) and commit: one round trip.  The result says how it went for all of
+        them; the versions land in the jobs."""
         constraints: psycopg.Cursor[Any] | None = None
         checkpoint: psycopg.Cursor[Any] | None = None
+        written: dict[str, Any] | None = None
         try:
             with conn.pipeline():
                 constraints = conn.execute(query("step_constraints"))
                 conn.execute(query("step_guard"))
-                checkpoint = conn.execute(query("checkpoint_v2"), {
-                    "xid": xid, "instance_ids": [j.instance_id for j in jobs], "node_ids": [j.node_id for j in jobs],
-                    "secrets": [j.secret for j in jobs], "results": texts,
-                    "details": [Jsonb(j.details) for j in jobs], "versions": [Int8(j.version) for j in jobs]})
+                if then is None:
+                    checkpoint = conn.execute(query("checkpoint_v2"), {
+                        "xid": xid, "instance_ids": [j.instance_id for j in jobs],
+                        "node_ids": [j.node_id for j in jobs], "secrets": [j.secret for j in jobs],
+                        "results": texts, "details": [Jsonb(j.details) for j in jobs],
+                        "versions": [Int8(j.version) for j in jobs]})
+                else:
+                    (job,) = jobs
+                    checkpoint = conn.execute(query("checkpoint_next"), {
+                        "xid": xid, "instance_id": job.instance_id, "node_id": job.node_id, "secret": job.secret,
+                        "result": texts[0], "details": Jsonb(job.details), "version": Int8(job.version),
+                        "next": Jsonb(then[0])})
                 conn.commit()
             versions = _row(checkpoint)[0]
+            if then is not None:
+                versions, written = versions["versions"], versions["next"]
         except BaseException as exc:
             _rollback(conn)
             if constraints is not None and not _ran(constraints):
@@ -323,7 +360,8 @@ class StepRunner:
         for job, version in zip(jobs, versions, strict=True):
             job.version = int(version)
         self.fault("after_commit")
-        return StepResult(Outcome.COMPLETED, version=int(versions[0]), result_text=texts[0])
+        folded = Folded(then[0], then[1], written) if then is not None and written is not None else None
+        return StepResult(Outcome.COMPLETED, version=int(versions[0]), result_text=texts[0], folded=folded)
 
     def _single_on_its_own(self, conn: psycopg.Connection[Any], job: StepJob, timeout_ms: int) -> StepResult:
         """A statement that cannot run in a transaction block: bound and run in autocommit

@@ -47,6 +47,11 @@ class Snapshot:
     def loaded(self, now: datetime) -> Loaded:
         return Loaded({**self.instance, "now": now}, list(self.nodes.values()), self.signals, self.vars)
 
+    def copy(self) -> Snapshot:
+        """A copy whose rows can change without touching this one."""
+        return Snapshot(dict(self.instance), {k: dict(v) for k, v in self.nodes.items()}, list(self.signals),
+                        self.vars, self.lease_token, self.nudges)
+
 
 @dataclass(frozen=True)
 class Read:

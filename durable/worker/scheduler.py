@@ -22,12 +22,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from durable.store.steps import Outcome, StepHandle, StepJob, StepResult
+from durable.store.steps import Folded, Outcome, StepHandle, StepJob, StepResult
 from durable.store.worker_db import Read, Snapshot
 from durable.worker import view as views
 
@@ -166,14 +167,18 @@ class Scheduler:
                 self._step_done(h, job, result)
 
     def _step_done(self, h: Held, job: StepJob, result: StepResult) -> None:
-        h.dirty = True
         outcome = result.outcome
         if outcome is Outcome.COMPLETED:
             node = h.snap.nodes.get(job.node_id)
             if node is not None:
                 node.update(status="completed", result_text=result.result_text, wake_at=None,
                             status_details=job.details, resource_version=result.version)
+            if result.folded is not None:
+                self._folded(h, result.folded)
+            else:
+                h.dirty = True
             return
+        h.dirty = True
         h.ended.add(job.node_id)
         if job.handle.cancelled or outcome in (Outcome.STALE, Outcome.LEASE_LOST):
             h.reload = True  # asked for, or superseded: read again and decide (a lost lease shows there)
@@ -184,6 +189,17 @@ class Scheduler:
             h.fail_instance = result.message or "the submitter may not run steps"
         else:
             h.fails.append((job.node_id, result.message or "step failed"))
+
+    def _folded(self, h: Held, folded: Folded) -> None:
+        """Take in the decision a step's transaction wrote after it, and start the steps it started."""
+        if h.writing or h.reload or self.worker.stopping.is_set():
+            # Another write or read of the instance is under way, so what it holds is no longer certain,
+            # or the worker is stopping and gives the instance back: read it again and decide.
+            h.reload = h.dirty = True
+            return
+        written = folded.written
+        now = datetime.fromisoformat(written["now"])
+        self._dispatch(self._applied(h, {**folded.item, "id": h.iid}, written, now, folded.jobs))
 
     def _poll_nudges(self) -> None:
         nudged = self.worker.nudge_seq != self.nudge_seq
@@ -226,13 +242,19 @@ class Scheduler:
         return self._settings
 
     def _now(self, h: Held) -> datetime:
+        return self._clock(h)()
+
+    def _clock(self, h: Held) -> Callable[[], datetime]:
+        """The instance's current time (the database's, as last read, moved on by the local clock)."""
         fake = self.worker.settings.get("fake_now")
         if fake:
             try:
-                return datetime.fromisoformat(str(fake))
+                fixed = datetime.fromisoformat(str(fake))
+                return lambda: fixed
             except ValueError:
                 pass
-        return h.now + timedelta(seconds=time.monotonic() - h.read_at)
+        base, read_at = h.now, h.read_at
+        return lambda: base + timedelta(seconds=time.monotonic() - read_at)
 
     def _advance(self, stopping: bool) -> None:
         """Decide every instance that moved and send the decisions in one write (in the background)."""
@@ -383,8 +405,11 @@ class Scheduler:
     def _dispatch(self, jobs: list[StepJob]) -> None:
         groups: dict[tuple[str | None, str | None], list[StepJob]] = {}
         for job in jobs:
-            inst = self.held[job.instance_id].snap.instance
-            groups.setdefault((inst["submitter"], inst["database"]), []).append(job)
+            h = self.held[job.instance_id]
+            if len(h.inflight) == 1 and not (h.fails or h.ended or h.reload or h.retry or h.dirty) \
+                    and h.fail_instance is None:
+                job.then = self._then(h, job)
+            groups.setdefault((h.snap.instance["submitter"], h.snap.instance["database"]), []).append(job)
         timeout_ms = int(self.worker.setting("statement_timeout_ms", 0))
         for (role, database), group in groups.items():
             size = self.batch if database is None else 1
@@ -392,6 +417,36 @@ class Scheduler:
                 chunk = group[i:i + size]
                 future = self.worker.step_pool.submit(self._run_jobs, role, database, chunk, timeout_ms)
                 future.add_done_callback(self._finished)
+
+    def _then(self, h: Held, job: StepJob) -> Callable[[str], tuple[dict[str, Any], list[StepJob]] | None]:
+        """How the step's transaction decides what follows it, on a copy of the instance (it runs on the
+        step's thread): when the step's result only starts the next steps or ends the instance, the
+        decision is written with the checkpoint, in the same commit; anything else (a timer, a signal,
+        a loop's next iteration) is left to the scheduler (None)."""
+        snap, structure, settings, clock = h.snap.copy(), h.structure, self._engine_settings(), self._clock(h)
+        count = snap.instance["execution_count"]
+
+        def decide(result_text: str) -> tuple[dict[str, Any], list[StepJob]] | None:
+            if self.worker.stopping.is_set():
+                return None  # no new steps: the scheduler gives the instance back
+            snap.nodes[job.node_id].update(status="completed", result_text=result_text, wake_at=None,
+                                           status_details=job.details, resource_version=-1)
+            v = views.build(snap.loaded(clock()), settings, structure)
+            decision = views.decide(v)
+            if decision.consume or decision.cancel or decision.execution_count != count \
+                    or any(u.node_id == job.node_id for u in decision.updates):
+                return None
+            item: dict[str, Any] = {"updates": views.updates_payload(decision, v)}
+            if decision.instance_status in ("completed", "failed"):
+                return {**item, "status": decision.instance_status, "output": decision.output}, []
+            jobs = [StepJob(h.iid, step.node_id, h.token, step.sql, views.details_of(decision, v, step.node_id),
+                            StepHandle())
+                    for step in decision.in_flight or decision.run_sql if step.node_id != job.node_id]
+            if not jobs:
+                return None
+            return {**item, "attempts": [j.attempt() for j in jobs]}, jobs
+
+        return decide
 
     def _run_jobs(self, role: str | None, database: str | None, jobs: list[StepJob],
                   timeout_ms: int) -> list[tuple[StepJob, StepResult]]:

@@ -116,6 +116,9 @@ CREATE TABLE df.nodes (
         REFERENCES df.nodes (instance_id, id) DEFERRABLE INITIALLY DEFERRED
 );
 CREATE INDEX idx_nodes_instance ON df.nodes (instance_id);
+-- Room on each page for the updates a step makes to its nodes (0.3.0): they stay HOT (no new index
+-- entries) where a full page would move the row.
+ALTER TABLE df.nodes SET (fillfactor = 60);
 
 ALTER TABLE df.instances ADD CONSTRAINT instances_root_node_same_instance_fkey
     FOREIGN KEY (id, root_node) REFERENCES df.nodes (instance_id, id) DEFERRABLE INITIALLY DEFERRED;
@@ -182,6 +185,7 @@ CREATE TABLE df.attempts (
 -- No index on backend_pid (0.3.0): binding an attempt to its backend is then a
 -- HOT update, and the table holds only the attempts in flight.
 ALTER TABLE df.attempts SET (fillfactor = 50);
+ALTER TABLE df.instance_queue SET (fillfactor = 50);  -- claims and leases update it all the time
 
 -- Live workers (heartbeats), for leases and for notifying only when someone listens.
 CREATE TABLE df.workers (

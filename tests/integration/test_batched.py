@@ -594,3 +594,177 @@ def test_the_worker_role_cannot_bind_or_checkpoint_as_the_submitter(protocol, wo
         worker_step.rollback()
     assert _state(db, a)[0] == "running"
 
+
+
+# -- 7. the default mode's checkpoint with the decision that follows (df._checkpoint_next_v1) -------
+
+def _begin_chain(worker: psycopg.Connection, iid: str) -> tuple[Attempt, dict[str, Any]]:
+    """Claim a chain `'first' ~> 'second'` and register the attempt of its first step (as the worker's
+    first decision does); the attempt and the second step's node row."""
+    read = worker.execute("SELECT df._claim_v2(%s, 10)", (uuid.uuid4(),)).fetchone()[0]
+    snap = next(s for s in read["instances"] if s["id"] == iid)
+    root = next(n for n in snap["nodes"] if n["id"] == snap["root_node"])
+    first = next(n for n in snap["nodes"] if n["id"] == root["left_node"])
+    second = next(n for n in snap["nodes"] if n["id"] == root["right_node"])
+    bind_secret, secret = "b" * 32 + uuid.uuid4().hex, "c" * 32 + uuid.uuid4().hex
+    item = {"id": iid, "token": snap["lease_token"], "nudges": snap["nudges"], "ended": [], "consume": [],
+            "execution_count": snap["execution_count"],
+            "updates": [{"node_id": n["id"], "expected_version": n["resource_version"], "status": "running",
+                         "result_text": None, "wake_at": None, "state": None, "status_details": None}
+                        for n in (root, first)],
+            "attempts": [{"node_id": first["id"], "bind_hash": _h(bind_secret), "secret_hash": _h(secret)}]}
+    out = worker.execute("SELECT df._advance_v2(%s, %s)", (uuid.uuid4(), json.dumps([item]))).fetchone()[0]
+    res = out["results"][iid]
+    assert "error" not in res, res
+    attempt = Attempt(worker, iid, first["id"], snap["lease_token"], res["versions"][first["id"]], bind_secret,
+                      secret)
+    return attempt, second
+
+
+def _checkpoint_next(conn: psycopg.Connection, a: Attempt, nxt: dict[str, Any] | None, secret: str | None = None,
+                     xid: str | None = None) -> Any:
+    return conn.execute(
+        "SELECT df._checkpoint_next_v1(coalesce(%s, pg_current_xact_id()::text), %s, %s, %s, %s, NULL, %s, %s)",
+        (xid, a.iid, a.node_id, secret or a.secret, '{"rows":[],"row_count":0}', a.version,
+         None if nxt is None else json.dumps(nxt))).fetchone()[0]
+
+
+def _start_next(node: dict[str, Any], bind_secret: str, secret: str, version: int | None = None) -> dict[str, Any]:
+    """The decision that starts `node` (what the worker writes with the first step's checkpoint)."""
+    return {"updates": [{"node_id": node["id"], "expected_version": node["resource_version"] if version is None
+                         else version, "status": "running", "result_text": None, "wake_at": None, "state": None,
+                         "status_details": {"execution_id": "x"}}],
+            "attempts": [{"node_id": node["id"], "bind_hash": _h(bind_secret), "secret_hash": _h(secret)}]}
+
+
+@pytest.fixture
+def chain_protocol(db, worker_dsn, make_role, connect_as):
+    """alice's two-step chain with the first step's attempt registered, and its second node."""
+    alice_role = make_role("alice")
+    alice = connect_as(alice_role)
+    iid = start(alice, "'SELECT 1' ~> 'SELECT 2'")
+    worker = psycopg.connect(worker_dsn, autocommit=True)
+    try:
+        yield (alice_role, *_begin_chain(worker, iid))
+    finally:
+        worker.close()
+
+
+def _chain_state(db: psycopg.Connection, iid: str) -> tuple[Any, ...]:
+    return db.execute("""SELECT i.status, (SELECT array_agg(n.status || ':' || n.resource_version ORDER BY n.id)
+                                             FROM df.nodes n WHERE n.instance_id = i.id),
+                                (SELECT array_agg(a.node_id ORDER BY a.node_id) FROM df.attempts a
+                                  WHERE a.instance_id = i.id),
+                                (SELECT count(*) FROM df.instance_queue q WHERE q.instance_id = i.id)
+                           FROM df.instances i WHERE i.id = %s""", (iid,)).fetchone()
+
+
+def test_checkpoint_next_records_the_step_and_starts_the_next_then_ends_the_instance(chain_protocol, connect_as,
+                                                                                   db):
+    alice_role, a, second = chain_protocol
+    step = connect_as(alice_role, autocommit=False)
+    _bind(step, a)
+    bind2, secret2 = "d" * 32 + uuid.uuid4().hex, "e" * 32 + uuid.uuid4().hex
+    out = _checkpoint_next(step, a, _start_next(second, bind2, secret2))
+    step.commit()
+    assert out["versions"] == [a.version + 1]
+    assert out["next"]["status"] == "running"
+    assert out["next"]["versions"] == {second["id"]: second["resource_version"] + 1}
+    assert db.execute("SELECT status, result_text FROM df.nodes WHERE instance_id = %s AND id = %s",
+                      (a.iid, a.node_id)).fetchone() == ("completed", '{"rows":[],"row_count":0}')
+    # The second step's attempt is registered under the lease, with the hashes the worker chose.
+    row = db.execute("SELECT lease_token::text, secret_hash, bind_hash, backend_pid FROM df.attempts "
+                     "WHERE instance_id = %s AND node_id = %s", (a.iid, second["id"])).fetchone()
+    assert row == (a.token, bytes.fromhex(_h(secret2)), bytes.fromhex(_h(bind2)), None)
+    # The second step runs the same way and its checkpoint ends the instance.
+    b = Attempt(a.worker, a.iid, second["id"], a.token, second["resource_version"] + 1, bind2, secret2)
+    _bind(step, b)
+    out = _checkpoint_next(step, b, {"updates": [], "status": "completed", "output": '{"done":true}'})
+    step.commit()
+    assert out["next"]["status"] == "completed"
+    status, nodes, attempts, queued = _chain_state(db, a.iid)
+    assert (status, attempts, queued) == ("completed", None, 0)
+    assert db.execute("SELECT output, completed_at IS NOT NULL FROM df.instances WHERE id = %s",
+                      (a.iid,)).fetchone() == ('{"done":true}', True)
+
+
+def test_checkpoint_next_with_guessed_secrets_or_another_transaction_writes_nothing(chain_protocol, connect_as,
+                                                                                   db):
+    alice_role, a, second = chain_protocol
+    before = _chain_state(db, a.iid)
+    step = connect_as(alice_role, autocommit=False)
+    nxt = _start_next(second, "guess-bind", "guess")
+    for secret in ("guess", a.bind_secret):  # a guess, and the bind secret in place of the checkpoint's
+        _bind(step, a)
+        err = _refused(lambda s=secret: _checkpoint_next(step, a, nxt, secret=s))
+        assert err.sqlstate == "DF014"
+        step.rollback()
+        assert _chain_state(db, a.iid) == before
+    _bind(step, a)
+    old_xid = step.execute("SELECT pg_current_xact_id()::text").fetchone()[0]
+    step.commit()
+    err = _refused(lambda: _checkpoint_next(step, a, {"updates": [], "status": "completed", "output": "forged"},
+                                            xid=old_xid))
+    assert err.diag.message_primary.endswith("the step ended its transaction")
+    step.rollback()
+    assert db.execute("SELECT status, output FROM df.instances WHERE id = %s", (a.iid,)).fetchone() == \
+        ("running", None)
+
+
+def test_checkpoint_next_of_another_role_is_refused_even_on_the_bound_backend(chain_protocol, make_role,
+                                                                             connect_as, db):
+    _, a, second = chain_protocol
+    mallory = connect_as(make_role("mallory"), autocommit=False)
+    db.execute("UPDATE df.attempts SET backend_pid = %s, bind_hash = NULL WHERE instance_id = %s",
+               (mallory.info.backend_pid, a.iid))
+    before = _chain_state(db, a.iid)
+    err = _refused(lambda: _checkpoint_next(mallory, a, {"updates": [], "status": "completed", "output": "x"}))
+    assert err.sqlstate == "DF014"
+    mallory.rollback()
+    assert _chain_state(db, a.iid) == before
+
+
+def test_checkpoint_next_leaves_a_stale_decision_to_the_worker(chain_protocol, connect_as, db):
+    """A decision made from a node version that changed meanwhile is not written: the step's result is,
+    and the worker decides again."""
+    alice_role, a, second = chain_protocol
+    step = connect_as(alice_role, autocommit=False)
+    _bind(step, a)
+    out = _checkpoint_next(step, a, _start_next(second, "b2", "s2", version=second["resource_version"] - 1))
+    step.commit()
+    assert out == {"versions": [a.version + 1], "next": None}
+    status, nodes, attempts, queued = _chain_state(db, a.iid)
+    assert (status, attempts, queued) == ("running", None, 1)
+    assert db.execute("SELECT status, resource_version FROM df.nodes WHERE instance_id = %s AND id = %s",
+                      (a.iid, second["id"])).fetchone() == ("pending", second["resource_version"])
+
+
+def test_checkpoint_next_cannot_touch_another_instance(chain_protocol, make_role, connect_as, db):
+    """The decision's node updates and attempts are confined to the checkpointed step's instance."""
+    alice_role, a, _ = chain_protocol
+    bob = connect_as(make_role("bob"))
+    other = start(bob, "'SELECT 1'")
+    victim = db.execute("SELECT id, resource_version FROM df.nodes WHERE instance_id = %s", (other,)).fetchone()
+    step = connect_as(alice_role, autocommit=False)
+    _bind(step, a)
+    forged = {"updates": [{"node_id": victim[0], "expected_version": victim[1], "status": "completed",
+                           "result_text": '{"forged":true}', "wake_at": None, "state": None, "status_details": None}],
+              "attempts": [{"node_id": victim[0], "bind_hash": _h("b"), "secret_hash": _h("s")}]}
+    out = _checkpoint_next(step, a, forged)
+    step.commit()
+    assert out["next"] is None
+    assert db.execute("SELECT status, result_text, resource_version FROM df.nodes WHERE instance_id = %s",
+                      (other,)).fetchone() == ("pending", None, victim[1])
+    assert db.execute("SELECT count(*) FROM df.attempts WHERE instance_id = %s", (other,)).fetchone()[0] == 0
+
+
+def test_checkpoint_next_starts_no_step_for_a_submitter_refused_meanwhile(chain_protocol, connect_as, db):
+    alice_role, a, second = chain_protocol
+    step = connect_as(alice_role, autocommit=False)
+    _bind(step, a)
+    db.execute(f'ALTER ROLE "{alice_role}" BYPASSRLS')
+    out = _checkpoint_next(step, a, _start_next(second, "b2", "s2"))
+    step.commit()
+    assert out["next"] is None
+    assert db.execute("SELECT status FROM df.nodes WHERE instance_id = %s AND id = %s",
+                      (a.iid, second["id"])).fetchone()[0] == "pending"
