@@ -67,6 +67,7 @@ class Held:
     retry: bool = False                              # infrastructure trouble: give it back for a second
     writing: bool = False                            # a write of its decision is in flight
     structure: dict[str, Any] | None = None          # the engine's nodes (they never change)
+    nudges_at: float = 0.0                           # monotonic time `nudges` was read
 
 
 class Scheduler:
@@ -206,10 +207,15 @@ class Scheduler:
         if not self.held or not (nudged or time.monotonic() - self.last_nudge_poll >= NUDGE_POLL_SECONDS):
             return
         self.nudge_seq = self.worker.nudge_seq
-        self.last_nudge_poll = time.monotonic()
-        current = self.db.nudges_v2(list(self.held))
-        for iid, h in self.held.items():
-            if current.get(iid, h.nudges) != h.nudges:
+        self.last_nudge_poll = now = time.monotonic()
+        # Without a notification, an instance read in the last interval is known well enough.
+        polled = [h for h in self.held.values() if nudged or now - h.nudges_at >= NUDGE_POLL_SECONDS]
+        if not polled:
+            return
+        current = self.db.nudges_v2([h.iid for h in polled])
+        for h in polled:
+            h.nudges_at = now
+            if current.get(h.iid, h.nudges) != h.nudges:
                 h.reload = True
 
     def _timers(self) -> None:
@@ -232,6 +238,7 @@ class Scheduler:
                 self._drop(h)
                 continue
             h.snap, h.nudges, h.now, h.read_at = snap, snap.nudges, read.now, time.monotonic()
+            h.nudges_at = h.read_at
             h.reload, h.dirty = False, True
 
     # -- deciding and writing ---------------------------------------------------------------------
@@ -273,8 +280,17 @@ class Scheduler:
         if not items:
             return
         self.writes += 1
+        if self._alone(items):
+            self._written(items, plans, _run_here(self.db.advance_v2, self.worker.worker_id, items))
+            return
         future = self.io.submit(self.db.advance_v2, self.worker.worker_id, items)
         future.add_done_callback(lambda f: self._arrived(self.written, (items, plans, f)))
+
+    def _alone(self, items: list[dict[str, Any]]) -> bool:
+        """Nothing but this write is going on (no other instance, no step, no write, no claim): the
+        loop would only wait for it, so it writes on its own thread instead of handing it off."""
+        return self.writes == 1 and not self.claiming and len(items) == len(self.held) and \
+            not any(h.inflight for h in self.held.values())
 
     def _arrived(self, into: deque[Any], what: Any) -> None:
         into.append(what)
@@ -487,6 +503,9 @@ class Scheduler:
         self.work_seq = self.worker.work_seq
         self.last_claim = time.monotonic()
         self.claiming, self.claim_asked = True, free
+        if not self.held and not self.writes:  # nothing else to do meanwhile: claim on this thread
+            self._claimed(_run_here(self.db.claim_v2, self.worker.worker_id, free))
+            return
         future = self.io.submit(self.db.claim_v2, self.worker.worker_id, free)
         future.add_done_callback(lambda f: self._arrived(self.claimed, f))
 
@@ -514,5 +533,16 @@ class Scheduler:
         for snap in read.instances:
             self.worker.fault("after_claim")
             iid = snap.instance["id"]
-            self.held[iid] = Held(iid, snap.lease_token, snap.nudges, snap, time.monotonic(), read.now)
+            now = time.monotonic()
+            self.held[iid] = Held(iid, snap.lease_token, snap.nudges, snap, now, read.now, nudges_at=now)
         self.more_due = len(read.instances) >= self.claim_asked
+
+
+def _run_here(fn: Callable[..., Any], *args: Any) -> Future[Any]:
+    """Call `fn` on this thread; its outcome as a done Future (what an I/O thread would have returned)."""
+    future: Future[Any] = Future()
+    try:
+        future.set_result(fn(*args))
+    except Exception as exc:  # noqa: BLE001 - handed on, as from an I/O thread
+        future.set_exception(exc)
+    return future
