@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg.pq import ExecStatus
+from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.types.json import Jsonb
 from psycopg.types.numeric import Int8
 from psycopg.types.string import StrDumper
@@ -214,7 +214,7 @@ class StepRunner:
             pool = self._pools.get(key)
             if pool is None:
                 pool = ConnectionPool(self.conninfo_for(role, database), min_size=0, max_size=self.max_per_role,
-                                      configure=_configure, reset=_reset, open=True, timeout=30,
+                                      configure=_configure, open=True, timeout=30,
                                       name=f"durable-step-{role}")
                 self._pools[key] = pool
             return pool
@@ -239,7 +239,7 @@ class StepRunner:
                                 register, elsewhere=database is not None)
         finally:
             register(None)
-            pool.putconn(conn)  # a broken connection is discarded, a good one reset (_RESET)
+            _give_back(pool, conn)
 
     # -- the 0.3.0 protocol: attempts registered by the scheduler, bound and checkpointed here ---------
     def run_jobs(self, role: str | None, database: str | None, jobs: list[StepJob],
@@ -273,7 +273,7 @@ class StepRunner:
         finally:
             for job in todo:
                 job.handle.attach(None)
-            pool.putconn(conn)  # a broken connection is discarded, a good one reset (_RESET)
+            _give_back(pool, conn)
         return done
 
     def _connect(self, role: str, database: str | None,
@@ -668,13 +668,22 @@ _RESET = ("CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE A
           "SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES")
 
 
-def _reset(conn: psycopg.Connection[Any]) -> None:
-    """Nothing a step leaves in its session reaches the next one."""
-    conn.autocommit = True
+def _give_back(pool: ConnectionPool, conn: psycopg.Connection[Any]) -> None:
+    """Reset the connection (nothing a step leaves in its session reaches the next one) and return it to
+    its pool; one that cannot be reset is closed, and the pool drops it.  On this thread: a hand-off
+    to the pool's own threads would cost more than the round trip."""
     try:
-        conn.execute(_RESET)
-    finally:
-        conn.autocommit = False
+        if conn.info.transaction_status != TransactionStatus.IDLE:
+            conn.rollback()
+        conn.autocommit = True
+        try:
+            conn.execute(_RESET)
+        finally:
+            conn.autocommit = False
+    except Exception as exc:  # noqa: BLE001 - broken or not clean: never reuse it
+        log.debug("a step connection could not be reset (%s): closed", exc)
+        conn.close()
+    pool.putconn(conn)
 
 
 _NO_ROLE = "submitted_by role no longer exists in pg_roles"

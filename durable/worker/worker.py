@@ -7,6 +7,7 @@ half-alive.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -263,6 +264,9 @@ def run_worker(dsn: str | None, *, concurrency: int = 4, batch: int = 1) -> int:
     # The scheduler thread hands work to step and I/O threads all the time: let a woken thread have
     # the interpreter within 1 ms rather than Python's default 5.
     sys.setswitchinterval(0.001)
+    # Every step allocates a few hundred short-lived objects that reference counting frees; collecting
+    # the young generation every 700 allocations only walks them again.
+    gc.set_threshold(20_000, 20, 20)
     logging.basicConfig(level=os.environ.get("DURABLE_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     worker = Worker(dsn, concurrency=concurrency, batch=batch)
