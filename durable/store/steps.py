@@ -135,10 +135,11 @@ class StepJob:
 
 def _then(job: StepJob, result_text: str) -> tuple[dict[str, Any], list[StepJob]] | None:
     """The decision that follows the job's step, if the scheduler gave it a way to make one."""
-    if job.then is None:
+    then, job.then = job.then, None  # used once
+    if then is None:
         return None
     try:
-        return job.then(result_text)
+        return then(result_text)
     except Exception as exc:  # noqa: BLE001 - a bug: the step still checkpoints; the scheduler decides
         log.error("deciding after the step of instance %s failed: %s", job.instance_id, exc, exc_info=exc)
         return None

@@ -440,24 +440,25 @@ class Scheduler:
         decision is written with the checkpoint, in the same commit; anything else (a timer, a signal,
         a loop's next iteration) is left to the scheduler (None)."""
         snap, structure, settings, clock = h.snap.copy(), h.structure, self._engine_settings(), self._clock(h)
-        count = snap.instance["execution_count"]
+        count, iid, token, stopping = snap.instance["execution_count"], h.iid, h.token, self.worker.stopping
+        node_id, details = job.node_id, job.details  # not the job itself: it holds this function
 
         def decide(result_text: str) -> tuple[dict[str, Any], list[StepJob]] | None:
-            if self.worker.stopping.is_set():
+            if stopping.is_set():
                 return None  # no new steps: the scheduler gives the instance back
-            snap.nodes[job.node_id].update(status="completed", result_text=result_text, wake_at=None,
-                                           status_details=job.details, resource_version=-1)
+            snap.nodes[node_id].update(status="completed", result_text=result_text, wake_at=None,
+                                       status_details=details, resource_version=-1)
             v = views.build(snap.loaded(clock()), settings, structure)
             decision = views.decide(v)
             if decision.consume or decision.cancel or decision.execution_count != count \
-                    or any(u.node_id == job.node_id for u in decision.updates):
+                    or any(u.node_id == node_id for u in decision.updates):
                 return None
             item: dict[str, Any] = {"updates": views.updates_payload(decision, v)}
             if decision.instance_status in ("completed", "failed"):
                 return {**item, "status": decision.instance_status, "output": decision.output}, []
-            jobs = [StepJob(h.iid, step.node_id, h.token, step.sql, views.details_of(decision, v, step.node_id),
+            jobs = [StepJob(iid, step.node_id, token, step.sql, views.details_of(decision, v, step.node_id),
                             StepHandle())
-                    for step in decision.in_flight or decision.run_sql if step.node_id != job.node_id]
+                    for step in decision.in_flight or decision.run_sql if step.node_id != node_id]
             if not jobs:
                 return None
             return {**item, "attempts": [j.attempt() for j in jobs]}, jobs
