@@ -135,13 +135,16 @@ class Worker:
             backoff = 0.5
             try:
                 while not self.stopping.is_set():
+                    heard = False
                     for note in conn.notifies(timeout=1.0, stop_after=1):
+                        heard = True
                         if note.channel == "durable_nudge":
                             self.nudge()
                         else:
                             self.work_seq += 1
                             self.wakeup.set()
-                    conn.execute("SELECT 1")  # ping: a dead connection raises here
+                    if not heard:
+                        conn.execute("SELECT 1")  # a quiet second: ping (a dead connection raises here)
             except Exception as exc:  # noqa: BLE001
                 if not self.stopping.is_set():
                     log.warning("listener lost its connection: %s", exc)
