@@ -3677,10 +3677,12 @@ $$;
 -- "status": null or the instance's final status, "output"}.  The decision is
 -- written only if every node it updates is still at the version the worker
 -- read and the submitter may still start steps; otherwise the step's result
--- alone is recorded and the worker writes the decision itself.  Locks in the
--- worker's order (queue row, instance row, nodes in id order), as
--- df._advance_v2 does.  Returns {"versions": [the step node's new version],
--- "next": null | {"status", "versions": {node id: new version}, "now"}}.
+-- alone is recorded and the worker writes the decision itself.  A caller that
+-- does not hold the attempt is refused before any lock is taken; then it locks
+-- in the worker's order (queue row, instance row, nodes in id order), as
+-- df._advance_v2 does, and checks again.  Returns {"versions": [the step
+-- node's new version], "next": null | {"status", "versions": {node id: new
+-- version}, "now"}}.
 CREATE FUNCTION df._checkpoint_next_v1(p_xid text, p_instance_id text, p_node_id text, p_secret text,
                                        p_result text, p_details jsonb, p_version bigint, p_next jsonb)
 RETURNS jsonb
@@ -3692,8 +3694,13 @@ DECLARE
     v_status   text := p_next ->> 'status';
     v_updates  jsonb := COALESCE(p_next -> 'updates', '[]');
     v_attempts jsonb := COALESCE(p_next -> 'attempts', '[]');
-    v_fold     boolean := p_next IS NOT NULL AND (COALESCE(p_next ->> 'status', '') IN ('completed', 'failed')
-                                                  OR pg_catalog.jsonb_array_length(v_attempts) > 0);
+    v_hash     bytea := pg_catalog.sha256(pg_catalog.convert_to(p_secret, 'UTF8'));
+    -- Only the instance's end or the next steps' start, never the step's own node.
+    v_fold     boolean := p_next IS NOT NULL
+                          AND (p_next ->> 'status' IN ('completed', 'failed')
+                               OR p_next ->> 'status' IS NULL AND pg_catalog.jsonb_array_length(v_attempts) > 0)
+                          AND NOT v_updates @> pg_catalog.jsonb_build_array(
+                                                   pg_catalog.jsonb_build_object('node_id', p_node_id));
     v_token    uuid;
     v_role     regrole;
     v_own      integer;
@@ -3702,6 +3709,12 @@ DECLARE
 BEGIN
     IF pg_catalog.pg_current_xact_id()::text IS DISTINCT FROM p_xid THEN
         RAISE EXCEPTION 'durable: checkpoint refused: the step ended its transaction' USING ERRCODE = 'DF014';
+    END IF;
+    -- Nobody but the holder of the attempt gets to wait for (or hold) the instance's locks.
+    IF NOT EXISTS (SELECT 1 FROM df.attempts AS a
+                    WHERE a.instance_id = p_instance_id AND a.node_id = p_node_id AND a.secret_hash = v_hash
+                      AND a.backend_pid = pg_catalog.pg_backend_pid()) THEN
+        RAISE EXCEPTION 'durable: checkpoint refused' USING ERRCODE = 'DF014';
     END IF;
     SELECT q.lease_token INTO v_token FROM df.instance_queue AS q
      WHERE q.instance_id = p_instance_id AND q.lease_expires_at > pg_catalog.clock_timestamp()
@@ -3714,7 +3727,7 @@ BEGIN
     -- instance of this session's role.
     DELETE FROM df.attempts AS a
      WHERE a.instance_id = p_instance_id AND a.node_id = p_node_id
-       AND a.secret_hash = pg_catalog.sha256(pg_catalog.convert_to(p_secret, 'UTF8'))
+       AND a.secret_hash = v_hash
        AND a.backend_pid = pg_catalog.pg_backend_pid() AND a.lease_token = v_token AND v_role IS NOT NULL;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'durable: checkpoint refused' USING ERRCODE = 'DF014';

@@ -94,7 +94,8 @@ SELECT pg_catalog.set_config('role', 'none', true),
        pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true),
        pg_catalog.set_config('log_parameter_max_length_on_error', '0', true),
        pg_catalog.set_config('statement_timeout', '0', true),
-       pg_catalog.pg_current_xact_id()
+       pg_catalog.pg_current_xact_id(),
+       pg_catalog.set_config('lock_timeout', '0', true)
 
 -- name: checkpoint --
 -- Record the step's result in the step's own transaction (secret-checked).

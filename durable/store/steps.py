@@ -47,6 +47,8 @@ _TX_CONTROL = re.compile(
 # Infrastructure trouble: retried later, never stored as the step's failure.
 _RETRIABLE_PREFIXES = ("08",)
 _RETRIABLE = {"53300", "57P01", "57P02", "57P03"}
+# ... and, from the checkpoint on (after the step's own statements and constraints), lock trouble.
+_CHECKPOINT_RETRIABLE = {"40P01", "40001", "55P03"}
 
 
 class Outcome(enum.Enum):
@@ -357,6 +359,9 @@ class StepRunner:
                 if message.endswith("the step ended its transaction"):
                     return StepResult(Outcome.FAILED, message="the step ended its transaction")
                 return StepResult(Outcome.STALE, message=message)
+            if isinstance(exc, pg_errors.Error) and exc.sqlstate in _CHECKPOINT_RETRIABLE:
+                # The checkpoint's own locks (a deadlock, a lock timeout): not the step's failure.
+                return StepResult(Outcome.RETRY, message=exc.diag.message_primary)
             return _classify(exc)
         for job, version in zip(jobs, versions, strict=True):
             job.version = int(version)

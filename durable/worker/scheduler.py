@@ -193,9 +193,11 @@ class Scheduler:
 
     def _folded(self, h: Held, folded: Folded) -> None:
         """Take in the decision a step's transaction wrote after it, and start the steps it started."""
-        if h.writing or h.reload or self.worker.stopping.is_set():
+        if h.writing or h.reload or h.fails or h.ended or h.retry or h.fail_instance is not None \
+                or self.worker.stopping.is_set():
             # Another write or read of the instance is under way, so what it holds is no longer certain,
-            # or the worker is stopping and gives the instance back: read it again and decide.
+            # something else is pending for it, or the worker is stopping and gives the instance back:
+            # read it again and decide.
             h.reload = h.dirty = True
             return
         written = folded.written
@@ -359,14 +361,13 @@ class Scheduler:
         if jobs:
             plans[h.iid] = jobs
             item["attempts"] = [j.attempt() for j in jobs]
-        h.timer = None
+        # A timer wakes the instance while it is held, also while steps run (a race against a sleep).
+        wake_at = decision.wake_at
+        h.timer = None if wake_at is None else datetime.now(UTC) + (wake_at - now)
         if not jobs and not h.inflight:
-            wake_at = decision.wake_at
             if stopping:
                 return {**item, "release": True, "wake_at": datetime.now(UTC).isoformat()}
-            if wake_at is not None and wake_at - now <= HOLD_HORIZON:
-                h.timer = datetime.now(UTC) + (wake_at - now)
-            else:
+            if wake_at is None or wake_at - now > HOLD_HORIZON:
                 return {**item, "release": True, "wake_at": wake_at.isoformat() if wake_at else None}
         if not item["updates"] and not item["consume"] and not jobs and not h.ended and \
                 decision.execution_count == h.snap.instance["execution_count"] and \
@@ -437,8 +438,8 @@ class Scheduler:
     def _then(self, h: Held, job: StepJob) -> Callable[[str], tuple[dict[str, Any], list[StepJob]] | None]:
         """How the step's transaction decides what follows it, on a copy of the instance (it runs on the
         step's thread): when the step's result only starts the next steps or ends the instance, the
-        decision is written with the checkpoint, in the same commit; anything else (a timer, a signal,
-        a loop's next iteration) is left to the scheduler (None)."""
+        decision is written with the checkpoint, in the same commit; anything else (a timer to arm, a
+        signal, a cancel, a loop's next iteration) is left to the scheduler (None)."""
         snap, structure, settings, clock = h.snap.copy(), h.structure, self._engine_settings(), self._clock(h)
         count, iid, token, stopping = snap.instance["execution_count"], h.iid, h.token, self.worker.stopping
         node_id, details = job.node_id, job.details  # not the job itself: it holds this function
@@ -450,8 +451,8 @@ class Scheduler:
                                        status_details=details, resource_version=-1)
             v = views.build(snap.loaded(clock()), settings, structure)
             decision = views.decide(v)
-            if decision.consume or decision.cancel or decision.execution_count != count \
-                    or any(u.node_id == node_id for u in decision.updates):
+            if decision.consume or decision.cancel or decision.wake_at is not None \
+                    or decision.execution_count != count or any(u.node_id == node_id for u in decision.updates):
                 return None
             item: dict[str, Any] = {"updates": views.updates_payload(decision, v)}
             if decision.instance_status in ("completed", "failed"):

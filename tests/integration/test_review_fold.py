@@ -1,11 +1,13 @@
 """Review of the folded decision (df._checkpoint_next_v1 and the scheduler's fold), 8f5e70d..8bf3aa0.
 
-Tests marked `xfail(strict=True)` demonstrate a defect (they fail on the current code, and start
-passing - so xpass-fail - once it is fixed); the others pin a property verified in review.
+Three tests demonstrated defects the review found (a timer not armed while a step runs, in the
+scheduler and in the fold; the queue row locked before the caller was known to hold the attempt);
+they pass since the fixes.  The others pin properties verified in review.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -45,10 +47,6 @@ def _timed(conn: psycopg.Connection, expr: str, timeout: int = 40) -> tuple[str,
 
 # -- scheduler: timers while a step is in flight ------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT (pre-existing in Scheduler._item, 09faec9): a timer decided together with a step that starts "
-    "is never armed (h.timer is only set when no step is in flight), so a race against df.sleep is won "
-    "by the SQL step whenever it finishes, not by the timer"))
 def test_race_of_a_long_step_against_a_sleep_is_won_by_the_sleep(db, make_role, connect_as, start_worker):
     alice = connect_as(make_role("alice"))
     start_worker()
@@ -58,10 +56,6 @@ def test_race_of_a_long_step_against_a_sleep_is_won_by_the_sleep(db, make_role, 
     assert "pg_sleep" not in (result or "")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT: Scheduler._folded applies a decision that starts a step and a timer without arming the "
-    "timer either (and _then folds such decisions: only consume/cancel/loop/own-node are excluded), so "
-    "a timeout raced against a step started by a folded checkpoint never fires while the step runs"))
 def test_race_started_by_a_folded_checkpoint_is_won_by_the_sleep(db, make_role, connect_as, start_worker):
     alice = connect_as(make_role("alice"))
     start_worker()
@@ -128,11 +122,6 @@ def test_a_lease_taken_over_mid_step_refuses_the_checkpoint_and_its_decision(cha
 
 # -- df._checkpoint_next_v1: locks taken before the caller is known to be the submitter -----------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "RISK: df._checkpoint_next_v1 locks the named instance's queue row FOR UPDATE before checking that "
-    "the caller is its submitter (or holds the attempt), so any role with df usage can take, and wait "
-    "for, FOR UPDATE on another role's queue row (heartbeats SKIP LOCKED it: a tenant hammering the "
-    "function can starve another tenant's lease); it should refuse (DF014) without touching the row"))
 def test_another_role_naming_an_instance_is_refused_without_waiting_on_its_locks(chain, make_role,
                                                                                connect_as, db):
     _, a, _ = chain
@@ -147,3 +136,31 @@ def test_another_role_naming_an_instance_is_refused_without_waiting_on_its_locks
     finally:
         holder.rollback()
         holder.close()
+
+
+# -- the checkpoint's own lock waits are not the step's failure ------------------------------------------
+
+def test_a_role_lock_timeout_does_not_fail_a_step_whose_checkpoint_waits(db, make_role, connect_as,
+                                                                        start_worker):
+    """A submitter's `lock_timeout` applies to its steps' own statements, not to the checkpoint's locks:
+    a checkpoint that waits for the instance's row (here held by another session) still records."""
+    role = make_role("alice")
+    db.execute(f'ALTER ROLE "{role}" SET lock_timeout = \'50ms\'')
+    alice = connect_as(role)
+    start_worker()
+    iid = start(alice, "'SELECT pg_sleep(0.6)' ~> 'SELECT 2 AS two'")
+    holder = psycopg.connect(db.info.dsn, autocommit=False)
+    try:
+        deadline = time.monotonic() + 20
+        while db.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s AND state = 'active' "
+                         "AND query = 'SELECT pg_sleep(0.6)'", (role,)).fetchone()[0] == 0:  # the first step runs
+            assert time.monotonic() < deadline, "the first step never started"
+            time.sleep(0.02)
+        holder.execute("SELECT 1 FROM df.instances WHERE id = %s FOR SHARE", (iid,))
+        time.sleep(1.0)  # the step's statement ends meanwhile; its checkpoint waits for this lock
+    finally:
+        holder.rollback()
+        holder.close()
+    assert await_instance(alice, iid, 30) == "completed"
+    assert json.loads(alice.execute("SELECT df.result(%s)", (iid,)).fetchone()[0]) == \
+        {"rows": [{"two": 2}], "row_count": 1}
