@@ -415,3 +415,30 @@ def test_in_workflow_inside_a_step_only_and_setvar_there_raises(alice, start_wor
     assert "df.setvar() cannot be called inside a workflow" in output(alice, iid)
     assert alice.execute("SELECT df.in_workflow()").fetchone()[0] is False
     assert alice.execute("SELECT df.setvar('k', 'v')").fetchone()[0] == "OK"
+
+
+# -- the default mode writes the decision that follows a step in the step's own commit -------------------
+
+def test_a_sequential_workflow_writes_each_next_decision_in_the_step_commit(alice, start_worker, db):
+    """After each step of a chain, the decision that starts the next step (or ends the instance) is
+    written by the step's own checkpoint (df._checkpoint_next_v1); the worker's separate decision write
+    (df._advance_v2) runs only for an instance's first decision.  Counted by track_functions."""
+    db.execute(f'ALTER DATABASE "{db.info.dbname}" SET track_functions = \'pl\'')
+    worker = start_worker()
+    for _ in range(2):  # one after the other: each instance's decisions are written on their own
+        iid = start(alice, chain(["INSERT INTO public.effects VALUES (1)", "INSERT INTO public.effects VALUES (2)",
+                                  "SELECT count(*) AS n FROM public.effects"]))
+        assert await_instance(alice, iid, 30) == "completed"
+    worker.terminate()
+    assert worker.wait(timeout=20) == 0  # its sessions end, and report their counts
+
+    def calls() -> dict[str, int] | None:
+        db.execute("SELECT pg_stat_clear_snapshot()")
+        counts = dict(db.execute("SELECT funcname, calls FROM pg_stat_user_functions WHERE schemaname = 'df' "
+                                 "AND funcname IN ('_advance_v2', '_checkpoint_next_v1', '_checkpoint_v2')"
+                                 ).fetchall())
+        return counts if counts.get("_checkpoint_next_v1", 0) >= 6 else None
+
+    counts = wait_until(calls, 20, "the worker's function counts")
+    assert counts == {"_advance_v2": 2, "_checkpoint_next_v1": 6}, counts
+    assert effects(alice) == [(1, 2), (2, 2)]
