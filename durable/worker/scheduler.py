@@ -22,12 +22,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from durable.engine.model import InstanceView
 from durable.store.steps import Folded, Outcome, StepHandle, StepJob, StepResult
 from durable.store.worker_db import Read, Snapshot
 from durable.worker import view as views
@@ -68,6 +69,11 @@ class Held:
     writing: bool = False                            # a write of its decision is in flight
     structure: dict[str, Any] | None = None          # the engine's nodes (they never change)
     nudges_at: float = 0.0                           # monotonic time `nudges` was read
+
+    @property
+    def pending(self) -> bool:
+        """Something besides its running steps waits to be decided or read for the instance."""
+        return bool(self.fails or self.ended or self.reload or self.retry) or self.fail_instance is not None
 
 
 class Scheduler:
@@ -193,8 +199,7 @@ class Scheduler:
 
     def _folded(self, h: Held, folded: Folded) -> None:
         """Take in the decision a step's transaction wrote after it, and start the steps it started."""
-        if h.writing or h.reload or h.fails or h.ended or h.retry or h.fail_instance is not None \
-                or self.worker.stopping.is_set():
+        if h.writing or h.pending or self.worker.stopping.is_set():
             # Another write or read of the instance is under way, so what it holds is no longer certain,
             # something else is pending for it, or the worker is stopping and gives the instance back:
             # read it again and decide.
@@ -350,14 +355,7 @@ class Scheduler:
         for node_id in decision.cancel:
             if node_id in h.inflight:
                 h.inflight[node_id].handle.cancel()
-        # in_flight: every SQL step that should be running, including those an earlier holder of the
-        # lease started and never checkpointed (they run again).
-        jobs = []
-        for step in [] if stopping else (decision.in_flight or decision.run_sql):
-            if step.node_id not in h.inflight:
-                job = StepJob(h.iid, step.node_id, h.token, step.sql, views.details_of(decision, v, step.node_id),
-                              StepHandle())
-                jobs.append(job)
+        jobs = [] if stopping else _started(h.iid, h.token, decision, v, running=h.inflight)
         if jobs:
             plans[h.iid] = jobs
             item["attempts"] = [j.attempt() for j in jobs]
@@ -423,8 +421,7 @@ class Scheduler:
         groups: dict[tuple[str | None, str | None], list[StepJob]] = {}
         for job in jobs:
             h = self.held[job.instance_id]
-            if len(h.inflight) == 1 and not (h.fails or h.ended or h.reload or h.retry or h.dirty) \
-                    and h.fail_instance is None:
+            if len(h.inflight) == 1 and not (h.pending or h.dirty):
                 job.then = self._then(h, job)
             groups.setdefault((h.snap.instance["submitter"], h.snap.instance["database"]), []).append(job)
         timeout_ms = int(self.worker.setting("statement_timeout_ms", 0))
@@ -457,9 +454,7 @@ class Scheduler:
             item: dict[str, Any] = {"updates": views.updates_payload(decision, v)}
             if decision.instance_status in ("completed", "failed"):
                 return {**item, "status": decision.instance_status, "output": decision.output}, []
-            jobs = [StepJob(iid, step.node_id, token, step.sql, views.details_of(decision, v, step.node_id),
-                            StepHandle())
-                    for step in decision.in_flight or decision.run_sql if step.node_id != node_id]
+            jobs = _started(iid, token, decision, v, running={node_id})
             if not jobs:
                 return None
             return {**item, "attempts": [j.attempt() for j in jobs]}, jobs
@@ -538,6 +533,16 @@ class Scheduler:
             now = time.monotonic()
             self.held[iid] = Held(iid, snap.lease_token, snap.nudges, snap, now, read.now, nudges_at=now)
         self.more_due = len(read.instances) >= self.claim_asked
+
+
+def _started(iid: str, token: Any, decision: views.Decision, view: InstanceView,
+             running: Container[str]) -> list[StepJob]:
+    """The attempts of the SQL steps a decision runs that are not running already.  `in_flight` is every
+    SQL step that should be running, including those an earlier holder of the lease started and never
+    checkpointed (they run again)."""
+    return [StepJob(iid, step.node_id, token, step.sql, views.details_of(decision, view, step.node_id),
+                    StepHandle())
+            for step in decision.in_flight or decision.run_sql if step.node_id not in running]
 
 
 def _run_here(fn: Callable[..., Any], *args: Any) -> Future[Any]:
