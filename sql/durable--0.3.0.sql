@@ -306,7 +306,10 @@ BEGIN
 END
 $$;
 
--- Every change to an instance or node advances its resource_version by exactly one.
+-- Every change to an instance or node advances its resource_version by
+-- exactly one.  A new row gets its first version here unless its writer gave
+-- one (df.start gives all rows of an instance the same df._initial_version();
+-- 0.3.0: the trigger's WHEN then skips the call).
 CREATE FUNCTION df._bump_version() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -322,10 +325,14 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER instances_version BEFORE INSERT OR UPDATE ON df.instances
+CREATE TRIGGER instances_version BEFORE UPDATE ON df.instances
     FOR EACH ROW EXECUTE FUNCTION df._bump_version();
-CREATE TRIGGER nodes_version BEFORE INSERT OR UPDATE ON df.nodes
+CREATE TRIGGER instances_version_new BEFORE INSERT ON df.instances
+    FOR EACH ROW WHEN (NEW.resource_version IS NULL) EXECUTE FUNCTION df._bump_version();
+CREATE TRIGGER nodes_version BEFORE UPDATE ON df.nodes
     FOR EACH ROW EXECUTE FUNCTION df._bump_version();
+CREATE TRIGGER nodes_version_new BEFORE INSERT ON df.nodes
+    FOR EACH ROW WHEN (NEW.resource_version IS NULL) EXECUTE FUNCTION df._bump_version();
 
 -- A finished instance never changes state again.
 CREATE FUNCTION df._guard_terminal() RETURNS trigger
@@ -397,38 +404,40 @@ LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    r pg_catalog.pg_roles%ROWTYPE;
-    v_name text;
+    r record;
 BEGIN
-    SELECT * INTO r FROM pg_catalog.pg_roles WHERE oid = p_role::oid;
+    -- One read answers every question for an ordinary role (0.3.0: this runs
+    -- at every start and every attempt).  Named columns, not pg_roles.*: the
+    -- view's join for rolconfig is then left out.
+    SELECT a.rolname, a.rolcanlogin, a.rolsuper, a.rolbypassrls,
+           pg_catalog.pg_has_role(a.oid, 'durable_owner', 'MEMBER')
+               OR pg_catalog.pg_has_role(a.oid, 'durable_worker', 'MEMBER') AS engine_role,
+           EXISTS (SELECT 1 FROM pg_catalog.pg_roles AS s
+                    WHERE (s.rolsuper OR s.rolbypassrls) AND s.oid <> a.oid
+                      AND pg_catalog.pg_has_role(a.oid, s.oid, 'MEMBER')) AS privileged_member
+      INTO r
+      FROM pg_catalog.pg_roles AS a
+     WHERE a.oid = p_role::oid;
     IF NOT FOUND THEN
         RETURN 'submitted_by role no longer exists in pg_roles';
-    END IF;
-    v_name := r.rolname;
-    IF NOT r.rolcanlogin THEN
+    ELSIF NOT r.rolcanlogin THEN
         RETURN pg_catalog.format('current_user "%s" does not have LOGIN privilege. '
-            'durable runs workflow steps as the submitting role, which must be able to log in.', v_name);
-    END IF;
-    IF r.rolsuper THEN
+            'durable runs workflow steps as the submitting role, which must be able to log in.', r.rolname);
+    ELSIF r.rolsuper THEN
         IF COALESCE(df._setting('enable_superuser_instances'), 'off') <> 'on' THEN
             RETURN pg_catalog.format('durable: superuser instances are disabled. current_user "%s" is a superuser, '
-                'but the enable_superuser_instances setting is off. Set it to on in df.settings to allow this.', v_name);
+                'but the enable_superuser_instances setting is off. Set it to on in df.settings to allow this.',
+                r.rolname);
         END IF;
         RETURN NULL;
-    END IF;
-    IF r.rolbypassrls THEN
-        RETURN pg_catalog.format('durable: role "%s" has BYPASSRLS and cannot submit workflows', v_name);
-    END IF;
-    IF pg_catalog.pg_has_role(p_role::oid, 'durable_owner', 'MEMBER')
-       OR pg_catalog.pg_has_role(p_role::oid, 'durable_worker', 'MEMBER') THEN
+    ELSIF r.rolbypassrls THEN
+        RETURN pg_catalog.format('durable: role "%s" has BYPASSRLS and cannot submit workflows', r.rolname);
+    ELSIF r.engine_role THEN
         RETURN pg_catalog.format('durable: role "%s" is (a member of) the durable owner or worker role '
-            'and cannot submit workflows', v_name);
-    END IF;
-    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles AS s
-                WHERE (s.rolsuper OR s.rolbypassrls) AND s.oid <> p_role::oid
-                  AND pg_catalog.pg_has_role(p_role::oid, s.oid, 'MEMBER')) THEN
+            'and cannot submit workflows', r.rolname);
+    ELSIF r.privileged_member THEN
         RETURN pg_catalog.format('durable: role "%s" is a member of a superuser or BYPASSRLS role '
-            'and cannot submit workflows', v_name);
+            'and cannot submit workflows', r.rolname);
     END IF;
     RETURN NULL;
 END
@@ -833,9 +842,42 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     p record;
+    v jsonb;
+    v_members bigint;
+    v_drop text[];
 BEGIN
     IF fut IS NULL THEN
         RAISE EXCEPTION 'Invalid durable function: fut cannot be NULL' USING ERRCODE = 'DF001';
+    END IF;
+    -- The common case first (0.3.0): an envelope as the operators write it,
+    -- JSON whose root repeats no member and whose fields have the types serde
+    -- wants.  Less what the strict parse below leaves out (unknown and null
+    -- members, an empty extra_nodes), its jsonb is the envelope that parse
+    -- would build.  Anything else, even what only jsonb rejects, takes the
+    -- strict parse for its exact verdict.
+    IF pg_catalog.left(fut, 1) = '{' THEN
+        BEGIN
+            v := fut::jsonb;
+        EXCEPTION WHEN OTHERS THEN
+            v := NULL;
+        END;
+        IF pg_catalog.jsonb_typeof(v -> 'node_type') = 'string'
+           AND v ->> 'node_type' IN ('SQL', 'THEN', 'IF', 'JOIN', 'LOOP', 'BREAK', 'RACE', 'SLEEP', 'WAIT_SCHEDULE',
+                                     'HTTP', 'HTTP_MULTIPART', 'SIGNAL')
+           AND COALESCE(pg_catalog.jsonb_typeof(v -> 'query'), 'null') IN ('string', 'null')
+           AND COALESCE(pg_catalog.jsonb_typeof(v -> 'result_name'), 'null') IN ('string', 'null')
+           AND COALESCE(pg_catalog.jsonb_typeof(v -> 'extra_nodes'), 'array') = 'array' THEN
+            SELECT pg_catalog.count(*),
+                   pg_catalog.array_agg(e.key) FILTER (
+                       WHERE e.key NOT IN ('node_type', 'left_node', 'right_node', 'condition_node', 'extra_nodes',
+                                           'query', 'result_name')
+                          OR e.value = 'null'::jsonb OR e.value = '[]'::jsonb)
+              INTO v_members, v_drop
+              FROM pg_catalog.jsonb_each(v) AS e;
+            IF v_members = (SELECT pg_catalog.count(*) FROM pg_catalog.json_object_keys(fut::json)) THEN
+                RETURN CASE WHEN v_drop IS NULL THEN v ELSE v - v_drop END;
+            END IF;
+        END IF;
     END IF;
     SELECT * INTO p FROM df._parse_durofut_v1(fut);
     IF p.kind = 'envelope' THEN
@@ -881,33 +923,46 @@ $$;
 -- children in the order left, right, condition_node, extra_nodes); slot is
 -- 'left', 'right', 'condition' or 'extraN'.  query is what the node row
 -- keeps: the query of a leaf or of an if_rows IF, else NULL (the caller
--- materialises condition_node / extra_nodes references).  A recursive CTE
--- walks the graph breadth-first, stopping below invalid nodes, at depth 257
--- and after 10,001 nodes; rows carry JSON paths, never subtrees, so nothing
--- big is copied around.  The first invalid node in pre-order is reported:
+-- materialises condition_node / extra_nodes references).  A depth-first walk
+-- with an explicit stack checks each node as it is popped, so the first
+-- invalid node in pre-order is the one reported and nothing below it is read:
 --   Invalid durable function graph: <path>: <message>   (SQLSTATE DF002)
--- A node's pre-order key is one character per level (chr(64 + child
--- index)), so keys sort in pre-order under COLLATE "C".  The nodes are
--- numbered and linked to their parent and children in one pass over them
--- in pre-order (the SQL joins that did it cost more than the walk for the
--- small graphs df.start mostly gets): a node's parent is the latest node
--- one level up.
+-- It stops at depth 257 and at the 10,001st node.  A walk in PL/pgSQL, not a
+-- recursive CTE (0.3.0): starting that query's plan cost more than walking
+-- the few nodes df.start mostly gets.  A node is read out of its parent once
+-- (`->`), so a value is copied once per level above it, as the CTE's paths did.
 CREATE FUNCTION df._flatten_v1(fut jsonb)
 RETURNS TABLE(ord integer, parent_ord integer, slot text, depth integer, path text, node_type text, query text,
               result_name text, left_ord integer, right_ord integer, cond_ord integer, extra_ords integer[])
 LANGUAGE plpgsql STABLE STRICT
 SET search_path = pg_catalog, pg_temp
-SET work_mem = '64MB'                   -- 10,001 rows with deep paths sort in memory
-SET jit = off                           -- compiling costs more than this query runs
 AS $$
 DECLARE
-    -- A fresh in-memory copy: every node is read from it by path.
-    v_graph jsonb := pg_catalog.jsonb_build_object('root', fut);
-    r record;
+    -- The nodes still to visit, with what their rows need from their parent; the top is [v_top].
+    s_node jsonb[] := ARRAY[fut];
+    s_parent integer[] := ARRAY[NULL::integer];
+    s_slot text[] := ARRAY[NULL::text];
+    s_path text[] := ARRAY['root'];
+    s_depth integer[] := ARRAY[0];
+    v_top integer := 1;
     v_n integer := 0;
-    v_len integer;
+    -- The node being visited.
+    v jsonb;
     v_parent integer;
-    v_last integer[] := '{}';           -- [k] = ord of the latest node whose key has k characters
+    v_slot text;
+    v_path text;
+    v_depth integer;
+    v_ntj jsonb;
+    v_nt text;
+    v_q text;
+    v_rn text;
+    v_xj jsonb;
+    v_has_l boolean;
+    v_has_r boolean;
+    v_has_c boolean;
+    v_extra integer;
+    v_err text;
+    i integer;
     -- The output columns by ord.
     a_parent integer[] := '{}';
     a_slot text[] := '{}';
@@ -921,138 +976,128 @@ DECLARE
     a_cond integer[] := '{}';
     a_extra text[] := '{}';             -- comma lists, in ord order
 BEGIN
-    FOR r IN
-        WITH RECURSIVE walk (key, jpath, path, slot, node_type, query, result_name, has_l, has_r, has_c, n_extra,
-                             err) AS (
-            -- A pseudo parent whose only child is the root, so that every
-            -- node is checked by the recursive term.
-            SELECT ''::text, '{}'::text[], NULL::text, NULL::text, NULL::text, NULL::text, NULL::text,
-                   false, false, false, 0, NULL::text
-            UNION ALL
-            SELECT c.key, c.jpath, c.path, c.slot, f.nt,
-                   CASE WHEN f.nt IN ('SQL', 'BREAK', 'SLEEP', 'WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART', 'SIGNAL')
-                             OR (f.nt = 'IF' AND NOT f.has_c) THEN f.q END,
-                   f.rn, f.has_l, f.has_r, f.has_c, f.n_extra,
-                   CASE
-                   WHEN pg_catalog.length(c.key) > 257 THEN
-                       'Graph exceeds maximum nesting depth of 256. Simplify the workflow or break it into '
-                       'multiple instances.'
-                   WHEN f.ty <> 'object' THEN
-                       CASE WHEN c.slot = 'condition' THEN 'condition_node must be a Durofut JSON object'
-                            WHEN c.slot LIKE 'extra%' THEN 'extra_nodes entries must be Durofut JSON objects'
-                            ELSE 'Durofut children must be JSON objects' END
-                   WHEN f.ntj IS NULL THEN
-                       'Malformed Durofut JSON: missing field `node_type`'
-                   WHEN pg_catalog.jsonb_typeof(f.ntj) <> 'string' THEN
-                       'Malformed Durofut JSON: invalid type: ' || df._serde_unexpected_v1(f.ntj::text)
-                       || ', expected a string'
-                   WHEN f.xj IS NOT NULL AND pg_catalog.jsonb_typeof(f.xj) <> 'array' THEN
-                       'Malformed Durofut JSON: invalid type: ' || df._serde_unexpected_v1(f.xj::text)
-                       || ', expected a sequence'
-                   WHEN f.qj IS NOT NULL AND pg_catalog.jsonb_typeof(f.qj) NOT IN ('string', 'null') THEN
-                       'Malformed Durofut JSON: invalid type: ' || df._serde_unexpected_v1(f.qj::text)
-                       || ', expected a string'
-                   WHEN f.rnj IS NOT NULL AND pg_catalog.jsonb_typeof(f.rnj) NOT IN ('string', 'null') THEN
-                       'Malformed Durofut JSON: invalid type: ' || df._serde_unexpected_v1(f.rnj::text)
-                       || ', expected a string'
-                   WHEN f.nt NOT IN ('SQL', 'THEN', 'IF', 'JOIN', 'LOOP', 'BREAK', 'RACE', 'SLEEP', 'WAIT_SCHEDULE',
-                                     'HTTP', 'HTTP_MULTIPART', 'SIGNAL') THEN
-                       'Unknown node_type ''' || f.nt || '''. Valid types: SQL, THEN, IF, JOIN, LOOP, BREAK, RACE, '
-                       'SLEEP, WAIT_SCHEDULE, HTTP, HTTP_MULTIPART, SIGNAL'
-                   WHEN f.has_c AND f.nt NOT IN ('IF', 'LOOP') THEN
-                       'condition_node is only allowed on IF and LOOP nodes'
-                   WHEN f.n_extra > 0 AND f.nt <> 'JOIN' THEN
-                       'extra_nodes is only allowed on JOIN nodes'
-                   WHEN f.nt IN ('THEN', 'RACE', 'JOIN', 'IF') AND NOT (f.has_l AND f.has_r) THEN
-                       f.nt || ' node requires left_node and right_node'
-                   WHEN f.nt = 'IF' AND NOT f.has_c AND NOT df._is_if_rows_config_v1(f.q) THEN
-                       'IF node requires condition_node or a result_has_rows query'
-                   WHEN f.nt = 'LOOP' AND NOT f.has_l THEN
-                       'LOOP node requires left_node'
-                   WHEN f.nt = 'LOOP' AND f.has_r THEN
-                       'LOOP node must not have right_node'
-                   WHEN f.nt NOT IN ('THEN', 'RACE', 'JOIN', 'IF', 'LOOP') AND (f.has_l OR f.has_r) THEN
-                       f.nt || ' node must not have left_node or right_node'
-                   WHEN f.nt NOT IN ('THEN', 'RACE', 'JOIN', 'IF', 'LOOP') AND f.q IS NULL THEN
-                       f.nt || ' node requires a query'
-                   WHEN f.rn = '' THEN
-                       'result name cannot be empty'
-                   WHEN f.rn !~ '^[a-zA-Z_][a-zA-Z0-9_]*$' THEN
-                       'result name ''' || f.rn || ''' is not a valid identifier — must match [a-zA-Z_][a-zA-Z0-9_]*'
-                   END
-              FROM walk AS w
-             CROSS JOIN LATERAL (
-                    SELECT 'A', ARRAY['root'], 'root', NULL::text WHERE w.key = ''
-                    UNION ALL
-                    SELECT w.key || 'A', w.jpath || 'left_node'::text, w.path || '.left', 'left' WHERE w.has_l
-                    UNION ALL
-                    SELECT w.key || 'B', w.jpath || 'right_node'::text, w.path || '.right', 'right' WHERE w.has_r
-                    UNION ALL
-                    SELECT w.key || 'C', w.jpath || 'condition_node'::text, w.path || '.condition_node', 'condition'
-                     WHERE w.has_c
-                    UNION ALL
-                    SELECT w.key || pg_catalog.chr(67 + e.i), w.jpath || ARRAY['extra_nodes', (e.i - 1)::text],
-                           w.path || '.extra_nodes[' || (e.i - 1) || ']', 'extra' || e.i
-                      FROM pg_catalog.generate_series(1, w.n_extra) AS e(i)
-                  ) AS c(key, jpath, path, slot)
-             CROSS JOIN LATERAL (
-                    SELECT v_graph #> c.jpath AS v
-                    OFFSET 0            -- read each node once, not once per reference
-                  ) AS n
-             CROSS JOIN LATERAL (
-                    SELECT pg_catalog.jsonb_typeof(n.v) AS ty,
-                           n.v -> 'node_type' AS ntj,
-                           n.v ->> 'node_type' AS nt,
-                           n.v -> 'query' AS qj,
-                           n.v ->> 'query' AS q,
-                           n.v -> 'result_name' AS rnj,
-                           n.v ->> 'result_name' AS rn,
-                           n.v -> 'extra_nodes' AS xj,
-                           COALESCE(n.v ? 'left_node' AND NOT n.v @> '{"left_node": null}', false) AS has_l,
-                           COALESCE(n.v ? 'right_node' AND NOT n.v @> '{"right_node": null}', false) AS has_r,
-                           COALESCE(n.v ? 'condition_node' AND NOT n.v @> '{"condition_node": null}', false)
-                               AS has_c,
-                           CASE WHEN pg_catalog.jsonb_typeof(n.v -> 'extra_nodes') = 'array'
-                                THEN pg_catalog.jsonb_array_length(n.v -> 'extra_nodes') ELSE 0 END AS n_extra
-                  ) AS f
-             WHERE w.err IS NULL
-        ),
-        found AS (
-            SELECT w.key, w.path, w.slot, w.node_type, w.query, w.result_name, w.err
-              FROM walk AS w WHERE w.key <> '' LIMIT 10001
-        )
-        SELECT n.key, n.path, n.slot, n.node_type, n.query, n.result_name, n.err
-          FROM found AS n
-         ORDER BY n.key COLLATE "C"
-    LOOP
+    WHILE v_top > 0 LOOP
+        v := s_node[v_top];
+        v_parent := s_parent[v_top];
+        v_slot := s_slot[v_top];
+        v_path := s_path[v_top];
+        v_depth := s_depth[v_top];
+        v_top := v_top - 1;
         v_n := v_n + 1;
-        -- Rows come in pre-order, so the first invalid one is the one to report.
-        IF r.err IS NOT NULL THEN
-            RAISE EXCEPTION 'Invalid durable function graph: %: %', r.path, r.err USING ERRCODE = 'DF002';
+
+        v_ntj := v -> 'node_type';
+        v_nt := v ->> 'node_type';
+        v_q := v ->> 'query';
+        v_rn := v ->> 'result_name';
+        v_xj := v -> 'extra_nodes';
+        v_has_l := COALESCE(v ? 'left_node' AND NOT v @> '{"left_node": null}', false);
+        v_has_r := COALESCE(v ? 'right_node' AND NOT v @> '{"right_node": null}', false);
+        v_has_c := COALESCE(v ? 'condition_node' AND NOT v @> '{"condition_node": null}', false);
+        v_extra := CASE WHEN pg_catalog.jsonb_typeof(v_xj) = 'array' THEN pg_catalog.jsonb_array_length(v_xj) ELSE 0 END;
+        v_err := CASE
+            WHEN v_depth > 256 THEN
+                'Graph exceeds maximum nesting depth of 256. Simplify the workflow or break it into '
+                'multiple instances.'
+            WHEN pg_catalog.jsonb_typeof(v) <> 'object' THEN
+                CASE WHEN v_slot = 'condition' THEN 'condition_node must be a Durofut JSON object'
+                     WHEN v_slot LIKE 'extra%' THEN 'extra_nodes entries must be Durofut JSON objects'
+                     ELSE 'Durofut children must be JSON objects' END
+            WHEN v_ntj IS NULL THEN
+                'Malformed Durofut JSON: missing field `node_type`'
+            WHEN pg_catalog.jsonb_typeof(v_ntj) <> 'string' THEN
+                'Malformed Durofut JSON: invalid type: ' || df._serde_unexpected_v1(v_ntj::text) || ', expected a string'
+            WHEN v_xj IS NOT NULL AND pg_catalog.jsonb_typeof(v_xj) <> 'array' THEN
+                'Malformed Durofut JSON: invalid type: ' || df._serde_unexpected_v1(v_xj::text) || ', expected a sequence'
+            WHEN pg_catalog.jsonb_typeof(v -> 'query') NOT IN ('string', 'null') THEN
+                'Malformed Durofut JSON: invalid type: ' || df._serde_unexpected_v1((v -> 'query')::text)
+                || ', expected a string'
+            WHEN pg_catalog.jsonb_typeof(v -> 'result_name') NOT IN ('string', 'null') THEN
+                'Malformed Durofut JSON: invalid type: ' || df._serde_unexpected_v1((v -> 'result_name')::text)
+                || ', expected a string'
+            WHEN v_nt NOT IN ('SQL', 'THEN', 'IF', 'JOIN', 'LOOP', 'BREAK', 'RACE', 'SLEEP', 'WAIT_SCHEDULE', 'HTTP',
+                              'HTTP_MULTIPART', 'SIGNAL') THEN
+                'Unknown node_type ''' || v_nt || '''. Valid types: SQL, THEN, IF, JOIN, LOOP, BREAK, RACE, '
+                'SLEEP, WAIT_SCHEDULE, HTTP, HTTP_MULTIPART, SIGNAL'
+            WHEN v_has_c AND v_nt NOT IN ('IF', 'LOOP') THEN
+                'condition_node is only allowed on IF and LOOP nodes'
+            WHEN v_extra > 0 AND v_nt <> 'JOIN' THEN
+                'extra_nodes is only allowed on JOIN nodes'
+            WHEN v_nt IN ('THEN', 'RACE', 'JOIN', 'IF') AND NOT (v_has_l AND v_has_r) THEN
+                v_nt || ' node requires left_node and right_node'
+            WHEN v_nt = 'IF' AND NOT v_has_c AND NOT df._is_if_rows_config_v1(v_q) THEN
+                'IF node requires condition_node or a result_has_rows query'
+            WHEN v_nt = 'LOOP' AND NOT v_has_l THEN
+                'LOOP node requires left_node'
+            WHEN v_nt = 'LOOP' AND v_has_r THEN
+                'LOOP node must not have right_node'
+            WHEN v_nt NOT IN ('THEN', 'RACE', 'JOIN', 'IF', 'LOOP') AND (v_has_l OR v_has_r) THEN
+                v_nt || ' node must not have left_node or right_node'
+            WHEN v_nt NOT IN ('THEN', 'RACE', 'JOIN', 'IF', 'LOOP') AND v_q IS NULL THEN
+                v_nt || ' node requires a query'
+            WHEN v_rn = '' THEN
+                'result name cannot be empty'
+            WHEN v_rn !~ '^[a-zA-Z_][a-zA-Z0-9_]*$' THEN
+                'result name ''' || v_rn || ''' is not a valid identifier — must match [a-zA-Z_][a-zA-Z0-9_]*'
+            END;
+        IF v_err IS NOT NULL THEN
+            RAISE EXCEPTION 'Invalid durable function graph: %: %', v_path, v_err USING ERRCODE = 'DF002';
         END IF;
         IF v_n > 10000 THEN
             RAISE EXCEPTION 'Invalid durable function graph: root: Workflow exceeds maximum node count of 10000. '
                             'Simplify the workflow or break it into multiple instances.'
                 USING ERRCODE = 'DF002';
         END IF;
-        v_len := pg_catalog.length(r.key);
-        v_last[v_len] := v_n;
-        v_parent := v_last[v_len - 1];      -- every ancestor of a found node was found before it
+
         a_parent[v_n] := v_parent;
-        a_slot[v_n] := r.slot;
-        a_depth[v_n] := v_len - 1;
-        a_path[v_n] := r.path;
-        a_type[v_n] := r.node_type;
-        a_query[v_n] := r.query;
-        a_name[v_n] := r.result_name;
-        IF r.slot = 'left' THEN
+        a_slot[v_n] := v_slot;
+        a_depth[v_n] := v_depth;
+        a_path[v_n] := v_path;
+        a_type[v_n] := v_nt;
+        a_query[v_n] := CASE WHEN v_nt IN ('SQL', 'BREAK', 'SLEEP', 'WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART', 'SIGNAL')
+                                  OR (v_nt = 'IF' AND NOT v_has_c) THEN v_q END;
+        a_name[v_n] := v_rn;
+        IF v_slot = 'left' THEN
             a_left[v_parent] := v_n;
-        ELSIF r.slot = 'right' THEN
+        ELSIF v_slot = 'right' THEN
             a_right[v_parent] := v_n;
-        ELSIF r.slot = 'condition' THEN
+        ELSIF v_slot = 'condition' THEN
             a_cond[v_parent] := v_n;
-        ELSIF r.slot LIKE 'extra%' THEN
+        ELSIF v_slot LIKE 'extra%' THEN
             a_extra[v_parent] := COALESCE(a_extra[v_parent] || ',', '') || v_n;
+        END IF;
+
+        -- The children, pushed last first so that they pop in pre-order.
+        FOR i IN REVERSE v_extra .. 1 LOOP
+            v_top := v_top + 1;
+            s_node[v_top] := v_xj -> (i - 1);
+            s_parent[v_top] := v_n;
+            s_slot[v_top] := 'extra' || i;
+            s_path[v_top] := v_path || '.extra_nodes[' || (i - 1) || ']';
+            s_depth[v_top] := v_depth + 1;
+        END LOOP;
+        IF v_has_c THEN
+            v_top := v_top + 1;
+            s_node[v_top] := v -> 'condition_node';
+            s_parent[v_top] := v_n;
+            s_slot[v_top] := 'condition';
+            s_path[v_top] := v_path || '.condition_node';
+            s_depth[v_top] := v_depth + 1;
+        END IF;
+        IF v_has_r THEN
+            v_top := v_top + 1;
+            s_node[v_top] := v -> 'right_node';
+            s_parent[v_top] := v_n;
+            s_slot[v_top] := 'right';
+            s_path[v_top] := v_path || '.right';
+            s_depth[v_top] := v_depth + 1;
+        END IF;
+        IF v_has_l THEN
+            v_top := v_top + 1;
+            s_node[v_top] := v -> 'left_node';
+            s_parent[v_top] := v_n;
+            s_slot[v_top] := 'left';
+            s_path[v_top] := v_path || '.left';
+            s_depth[v_top] := v_depth + 1;
         END IF;
     END LOOP;
     FOR i IN 1 .. v_n LOOP
@@ -1553,19 +1598,11 @@ DECLARE
     v_caller    regrole;
     v_refusal   text;
     v_base      bigint := (pg_catalog.random() * 4294967296)::bigint % 4294967296;
-    v_space     bigint := COALESCE(df._setting('id_space')::bigint, 4294967296);
-    v_attempts  integer := COALESCE(df._setting('max_id_attempts')::integer, 10);
+    v_space     bigint;
+    v_attempts  integer;
+    v_version   bigint;
     v_id        varchar(8);
     v_try       integer;
-    -- The node rows' columns, in pre-order (element 1 is the root).
-    v_ids       text[];
-    v_types     text[];
-    v_queries   text[];
-    v_names     text[];
-    v_lefts     text[];
-    v_rights    text[];
-    v_parents   text[];
-    v_slots     text[];
 BEGIN
     IF v_mode IS NULL OR v_mode NOT IN ('caller', 'new') THEN
         RAISE EXCEPTION 'invalid transaction_mode "%" for df.start(): expected ''caller'' or ''new''', p_mode
@@ -1586,45 +1623,25 @@ BEGIN
         RAISE EXCEPTION '%', v_refusal USING ERRCODE = 'DF005';
     END IF;
 
-    -- Validate and flatten before anything is written, straight into the
-    -- node rows' columns (no temp table: a caller could plant one with a
-    -- trigger that would run as the owner).  One aggregation pass over the
-    -- rows sorted by ord fills every array in that order.  Node ids: a
-    -- random base walked by an odd multiplier modulo 2^32 is a bijection, so
-    -- the ids of one instance are distinct and look random.  Node k
-    -- (pre-order, from 1) is lpad(to_hex((base + k * 2654435761) % 2^32), 8,
-    -- '0'), written out here: a function call per id cost more than the
-    -- rest of the row.
-    SELECT pg_catalog.array_agg(pg_catalog.lpad(pg_catalog.to_hex((v_base + f.ord::bigint * 2654435761)
-                                                                  % 4294967296), 8, '0')),
-           pg_catalog.array_agg(f.node_type),
-           pg_catalog.array_agg(CASE
-               WHEN f.cond_ord IS NOT NULL
-                   THEN pg_catalog.json_build_object('condition_node', pg_catalog.lpad(pg_catalog.to_hex(
-                            (v_base + f.cond_ord::bigint * 2654435761) % 4294967296), 8, '0'))::text
-               WHEN COALESCE(pg_catalog.cardinality(f.extra_ords), 0) > 0
-                   THEN pg_catalog.json_build_object('extra_nodes',
-                        (SELECT pg_catalog.array_agg(pg_catalog.lpad(pg_catalog.to_hex(
-                                    (v_base + x.e::bigint * 2654435761) % 4294967296), 8, '0') ORDER BY x.k)
-                           FROM pg_catalog.unnest(f.extra_ords) WITH ORDINALITY AS x(e, k)))::text
-               ELSE f.query
-           END),
-           pg_catalog.array_agg(f.result_name),
-           pg_catalog.array_agg(pg_catalog.lpad(pg_catalog.to_hex((v_base + f.left_ord::bigint * 2654435761)
-                                                                  % 4294967296), 8, '0')),
-           pg_catalog.array_agg(pg_catalog.lpad(pg_catalog.to_hex((v_base + f.right_ord::bigint * 2654435761)
-                                                                  % 4294967296), 8, '0')),
-           pg_catalog.array_agg(pg_catalog.lpad(pg_catalog.to_hex((v_base + f.parent_ord::bigint * 2654435761)
-                                                                  % 4294967296), 8, '0')),
-           pg_catalog.array_agg(f.slot)
-      INTO v_ids, v_types, v_queries, v_names, v_lefts, v_rights, v_parents, v_slots
-      FROM (SELECT * FROM df._flatten_v1(v_env) AS g ORDER BY g.ord) AS f;
-
     -- Claim an id: insert-on-conflict-do-nothing, re-rolled on collision.
+    -- Every row of the instance starts at one version (0.3.0: the rows'
+    -- version trigger then has nothing to do; one clock read, not one per row).
+    -- Node ids: a random base walked by an odd multiplier modulo 2^32 is a
+    -- bijection, so the ids of one instance are distinct and look random.
+    -- Node k (pre-order, from 1; the root is 1) is
+    -- lpad(to_hex((base + k * 2654435761) % 2^32), 8, '0'), written out
+    -- below: a function call per id cost more than the rest of the row.
+    SELECT COALESCE(pg_catalog.max(s.value) FILTER (WHERE s.key = 'id_space'), '4294967296')::bigint,
+           COALESCE(pg_catalog.max(s.value) FILTER (WHERE s.key = 'max_id_attempts'), '10')::integer
+      INTO v_space, v_attempts
+      FROM df.settings AS s WHERE s.key IN ('id_space', 'max_id_attempts');
+    v_version := df._initial_version();
     FOR v_try IN 1 .. v_attempts LOOP
         v_id := pg_catalog.lpad(pg_catalog.to_hex(((pg_catalog.random() * v_space)::bigint % v_space)), 8, '0');
-        INSERT INTO df.instances AS i (id, label, root_node, status, submitted_by, database, transaction_mode)
-        VALUES (v_id, p_label, v_ids[1], 'pending', v_caller, p_database, v_mode)
+        INSERT INTO df.instances AS i (id, label, root_node, status, submitted_by, database, transaction_mode,
+                                       resource_version)
+        VALUES (v_id, p_label, pg_catalog.lpad(pg_catalog.to_hex((v_base + 2654435761) % 4294967296), 8, '0'),
+                'pending', v_caller, p_database, v_mode, v_version)
         ON CONFLICT (id) DO NOTHING
         RETURNING i.id INTO v_id;
         EXIT WHEN v_id IS NOT NULL;
@@ -1638,14 +1655,36 @@ BEGIN
                   HINT = 'Delete finished instances to free ids.';
     END IF;
 
+    -- The graph is validated and flattened by the same statement that writes
+    -- its rows (0.3.0: no pass to collect them first); an invalid graph
+    -- raises there, and the caller's transaction loses the instance row too.
+    -- No temp table anywhere: a caller could plant one with a trigger that
+    -- would run as the owner.
     INSERT INTO df.nodes (id, instance_id, node_type, query, result_name, left_node, right_node,
-                          submitted_by, database, parent_id, slot)
-    SELECT g.id, v_id, g.node_type, g.query, g.result_name, g.left_node, g.right_node, v_caller, p_database,
-           g.parent_id, g.slot
-      FROM ROWS FROM (pg_catalog.unnest(v_ids), pg_catalog.unnest(v_types), pg_catalog.unnest(v_queries),
-                      pg_catalog.unnest(v_names), pg_catalog.unnest(v_lefts), pg_catalog.unnest(v_rights),
-                      pg_catalog.unnest(v_parents), pg_catalog.unnest(v_slots))
-           AS g(id, node_type, query, result_name, left_node, right_node, parent_id, slot);
+                          submitted_by, database, parent_id, slot, resource_version)
+    SELECT pg_catalog.lpad(pg_catalog.to_hex((v_base + f.ord::bigint * 2654435761) % 4294967296), 8, '0'),
+           v_id,
+           f.node_type,
+           CASE
+           WHEN f.cond_ord IS NOT NULL
+               THEN pg_catalog.json_build_object('condition_node', pg_catalog.lpad(pg_catalog.to_hex(
+                        (v_base + f.cond_ord::bigint * 2654435761) % 4294967296), 8, '0'))::text
+           WHEN COALESCE(pg_catalog.cardinality(f.extra_ords), 0) > 0
+               THEN pg_catalog.json_build_object('extra_nodes',
+                    (SELECT pg_catalog.array_agg(pg_catalog.lpad(pg_catalog.to_hex(
+                                (v_base + x.e::bigint * 2654435761) % 4294967296), 8, '0') ORDER BY x.k)
+                       FROM pg_catalog.unnest(f.extra_ords) WITH ORDINALITY AS x(e, k)))::text
+           ELSE f.query
+           END,
+           f.result_name,
+           pg_catalog.lpad(pg_catalog.to_hex((v_base + f.left_ord::bigint * 2654435761) % 4294967296), 8, '0'),
+           pg_catalog.lpad(pg_catalog.to_hex((v_base + f.right_ord::bigint * 2654435761) % 4294967296), 8, '0'),
+           v_caller,
+           p_database,
+           pg_catalog.lpad(pg_catalog.to_hex((v_base + f.parent_ord::bigint * 2654435761) % 4294967296), 8, '0'),
+           f.slot,
+           v_version
+      FROM df._flatten_v1(v_env) AS f;
 
     INSERT INTO df.instance_vars (instance_id, name, value)
     SELECT v_id, v.name, v.value FROM df.vars AS v WHERE v.owner = v_caller AND v.value IS NOT NULL;

@@ -50,7 +50,10 @@ BEGIN
 END
 $$;
 
--- Every change to an instance or node advances its resource_version by exactly one.
+-- Every change to an instance or node advances its resource_version by
+-- exactly one.  A new row gets its first version here unless its writer gave
+-- one (df.start gives all rows of an instance the same df._initial_version();
+-- 0.3.0: the trigger's WHEN then skips the call).
 CREATE FUNCTION df._bump_version() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -66,10 +69,14 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER instances_version BEFORE INSERT OR UPDATE ON df.instances
+CREATE TRIGGER instances_version BEFORE UPDATE ON df.instances
     FOR EACH ROW EXECUTE FUNCTION df._bump_version();
-CREATE TRIGGER nodes_version BEFORE INSERT OR UPDATE ON df.nodes
+CREATE TRIGGER instances_version_new BEFORE INSERT ON df.instances
+    FOR EACH ROW WHEN (NEW.resource_version IS NULL) EXECUTE FUNCTION df._bump_version();
+CREATE TRIGGER nodes_version BEFORE UPDATE ON df.nodes
     FOR EACH ROW EXECUTE FUNCTION df._bump_version();
+CREATE TRIGGER nodes_version_new BEFORE INSERT ON df.nodes
+    FOR EACH ROW WHEN (NEW.resource_version IS NULL) EXECUTE FUNCTION df._bump_version();
 
 -- A finished instance never changes state again.
 CREATE FUNCTION df._guard_terminal() RETURNS trigger
@@ -141,38 +148,40 @@ LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    r pg_catalog.pg_roles%ROWTYPE;
-    v_name text;
+    r record;
 BEGIN
-    SELECT * INTO r FROM pg_catalog.pg_roles WHERE oid = p_role::oid;
+    -- One read answers every question for an ordinary role (0.3.0: this runs
+    -- at every start and every attempt).  Named columns, not pg_roles.*: the
+    -- view's join for rolconfig is then left out.
+    SELECT a.rolname, a.rolcanlogin, a.rolsuper, a.rolbypassrls,
+           pg_catalog.pg_has_role(a.oid, 'durable_owner', 'MEMBER')
+               OR pg_catalog.pg_has_role(a.oid, 'durable_worker', 'MEMBER') AS engine_role,
+           EXISTS (SELECT 1 FROM pg_catalog.pg_roles AS s
+                    WHERE (s.rolsuper OR s.rolbypassrls) AND s.oid <> a.oid
+                      AND pg_catalog.pg_has_role(a.oid, s.oid, 'MEMBER')) AS privileged_member
+      INTO r
+      FROM pg_catalog.pg_roles AS a
+     WHERE a.oid = p_role::oid;
     IF NOT FOUND THEN
         RETURN 'submitted_by role no longer exists in pg_roles';
-    END IF;
-    v_name := r.rolname;
-    IF NOT r.rolcanlogin THEN
+    ELSIF NOT r.rolcanlogin THEN
         RETURN pg_catalog.format('current_user "%s" does not have LOGIN privilege. '
-            'durable runs workflow steps as the submitting role, which must be able to log in.', v_name);
-    END IF;
-    IF r.rolsuper THEN
+            'durable runs workflow steps as the submitting role, which must be able to log in.', r.rolname);
+    ELSIF r.rolsuper THEN
         IF COALESCE(df._setting('enable_superuser_instances'), 'off') <> 'on' THEN
             RETURN pg_catalog.format('durable: superuser instances are disabled. current_user "%s" is a superuser, '
-                'but the enable_superuser_instances setting is off. Set it to on in df.settings to allow this.', v_name);
+                'but the enable_superuser_instances setting is off. Set it to on in df.settings to allow this.',
+                r.rolname);
         END IF;
         RETURN NULL;
-    END IF;
-    IF r.rolbypassrls THEN
-        RETURN pg_catalog.format('durable: role "%s" has BYPASSRLS and cannot submit workflows', v_name);
-    END IF;
-    IF pg_catalog.pg_has_role(p_role::oid, 'durable_owner', 'MEMBER')
-       OR pg_catalog.pg_has_role(p_role::oid, 'durable_worker', 'MEMBER') THEN
+    ELSIF r.rolbypassrls THEN
+        RETURN pg_catalog.format('durable: role "%s" has BYPASSRLS and cannot submit workflows', r.rolname);
+    ELSIF r.engine_role THEN
         RETURN pg_catalog.format('durable: role "%s" is (a member of) the durable owner or worker role '
-            'and cannot submit workflows', v_name);
-    END IF;
-    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles AS s
-                WHERE (s.rolsuper OR s.rolbypassrls) AND s.oid <> p_role::oid
-                  AND pg_catalog.pg_has_role(p_role::oid, s.oid, 'MEMBER')) THEN
+            'and cannot submit workflows', r.rolname);
+    ELSIF r.privileged_member THEN
         RETURN pg_catalog.format('durable: role "%s" is a member of a superuser or BYPASSRLS role '
-            'and cannot submit workflows', v_name);
+            'and cannot submit workflows', r.rolname);
     END IF;
     RETURN NULL;
 END

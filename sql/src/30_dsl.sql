@@ -397,9 +397,42 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     p record;
+    v jsonb;
+    v_members bigint;
+    v_drop text[];
 BEGIN
     IF fut IS NULL THEN
         RAISE EXCEPTION 'Invalid durable function: fut cannot be NULL' USING ERRCODE = 'DF001';
+    END IF;
+    -- The common case first (0.3.0): an envelope as the operators write it,
+    -- JSON whose root repeats no member and whose fields have the types serde
+    -- wants.  Less what the strict parse below leaves out (unknown and null
+    -- members, an empty extra_nodes), its jsonb is the envelope that parse
+    -- would build.  Anything else, even what only jsonb rejects, takes the
+    -- strict parse for its exact verdict.
+    IF pg_catalog.left(fut, 1) = '{' THEN
+        BEGIN
+            v := fut::jsonb;
+        EXCEPTION WHEN OTHERS THEN
+            v := NULL;
+        END;
+        IF pg_catalog.jsonb_typeof(v -> 'node_type') = 'string'
+           AND v ->> 'node_type' IN ('SQL', 'THEN', 'IF', 'JOIN', 'LOOP', 'BREAK', 'RACE', 'SLEEP', 'WAIT_SCHEDULE',
+                                     'HTTP', 'HTTP_MULTIPART', 'SIGNAL')
+           AND COALESCE(pg_catalog.jsonb_typeof(v -> 'query'), 'null') IN ('string', 'null')
+           AND COALESCE(pg_catalog.jsonb_typeof(v -> 'result_name'), 'null') IN ('string', 'null')
+           AND COALESCE(pg_catalog.jsonb_typeof(v -> 'extra_nodes'), 'array') = 'array' THEN
+            SELECT pg_catalog.count(*),
+                   pg_catalog.array_agg(e.key) FILTER (
+                       WHERE e.key NOT IN ('node_type', 'left_node', 'right_node', 'condition_node', 'extra_nodes',
+                                           'query', 'result_name')
+                          OR e.value = 'null'::jsonb OR e.value = '[]'::jsonb)
+              INTO v_members, v_drop
+              FROM pg_catalog.jsonb_each(v) AS e;
+            IF v_members = (SELECT pg_catalog.count(*) FROM pg_catalog.json_object_keys(fut::json)) THEN
+                RETURN CASE WHEN v_drop IS NULL THEN v ELSE v - v_drop END;
+            END IF;
+        END IF;
     END IF;
     SELECT * INTO p FROM df._parse_durofut_v1(fut);
     IF p.kind = 'envelope' THEN
@@ -445,33 +478,46 @@ $$;
 -- children in the order left, right, condition_node, extra_nodes); slot is
 -- 'left', 'right', 'condition' or 'extraN'.  query is what the node row
 -- keeps: the query of a leaf or of an if_rows IF, else NULL (the caller
--- materialises condition_node / extra_nodes references).  A recursive CTE
--- walks the graph breadth-first, stopping below invalid nodes, at depth 257
--- and after 10,001 nodes; rows carry JSON paths, never subtrees, so nothing
--- big is copied around.  The first invalid node in pre-order is reported:
+-- materialises condition_node / extra_nodes references).  A depth-first walk
+-- with an explicit stack checks each node as it is popped, so the first
+-- invalid node in pre-order is the one reported and nothing below it is read:
 --   Invalid durable function graph: <path>: <message>   (SQLSTATE DF002)
--- A node's pre-order key is one character per level (chr(64 + child
--- index)), so keys sort in pre-order under COLLATE "C".  The nodes are
--- numbered and linked to their parent and children in one pass over them
--- in pre-order (the SQL joins that did it cost more than the walk for the
--- small graphs df.start mostly gets): a node's parent is the latest node
--- one level up.
+-- It stops at depth 257 and at the 10,001st node.  A walk in PL/pgSQL, not a
+-- recursive CTE (0.3.0): starting that query's plan cost more than walking
+-- the few nodes df.start mostly gets.  A node is read out of its parent once
+-- (`->`), so a value is copied once per level above it, as the CTE's paths did.
 CREATE FUNCTION df._flatten_v1(fut jsonb)
 RETURNS TABLE(ord integer, parent_ord integer, slot text, depth integer, path text, node_type text, query text,
               result_name text, left_ord integer, right_ord integer, cond_ord integer, extra_ords integer[])
 LANGUAGE plpgsql STABLE STRICT
 SET search_path = pg_catalog, pg_temp
-SET work_mem = '64MB'                   -- 10,001 rows with deep paths sort in memory
-SET jit = off                           -- compiling costs more than this query runs
 AS $$
 DECLARE
-    -- A fresh in-memory copy: every node is read from it by path.
-    v_graph jsonb := pg_catalog.jsonb_build_object('root', fut);
-    r record;
+    -- The nodes still to visit, with what their rows need from their parent; the top is [v_top].
+    s_node jsonb[] := ARRAY[fut];
+    s_parent integer[] := ARRAY[NULL::integer];
+    s_slot text[] := ARRAY[NULL::text];
+    s_path text[] := ARRAY['root'];
+    s_depth integer[] := ARRAY[0];
+    v_top integer := 1;
     v_n integer := 0;
-    v_len integer;
+    -- The node being visited.
+    v jsonb;
     v_parent integer;
-    v_last integer[] := '{}';           -- [k] = ord of the latest node whose key has k characters
+    v_slot text;
+    v_path text;
+    v_depth integer;
+    v_ntj jsonb;
+    v_nt text;
+    v_q text;
+    v_rn text;
+    v_xj jsonb;
+    v_has_l boolean;
+    v_has_r boolean;
+    v_has_c boolean;
+    v_extra integer;
+    v_err text;
+    i integer;
     -- The output columns by ord.
     a_parent integer[] := '{}';
     a_slot text[] := '{}';
@@ -485,138 +531,128 @@ DECLARE
     a_cond integer[] := '{}';
     a_extra text[] := '{}';             -- comma lists, in ord order
 BEGIN
-    FOR r IN
-        WITH RECURSIVE walk (key, jpath, path, slot, node_type, query, result_name, has_l, has_r, has_c, n_extra,
-                             err) AS (
-            -- A pseudo parent whose only child is the root, so that every
-            -- node is checked by the recursive term.
-            SELECT ''::text, '{}'::text[], NULL::text, NULL::text, NULL::text, NULL::text, NULL::text,
-                   false, false, false, 0, NULL::text
-            UNION ALL
-            SELECT c.key, c.jpath, c.path, c.slot, f.nt,
-                   CASE WHEN f.nt IN ('SQL', 'BREAK', 'SLEEP', 'WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART', 'SIGNAL')
-                             OR (f.nt = 'IF' AND NOT f.has_c) THEN f.q END,
-                   f.rn, f.has_l, f.has_r, f.has_c, f.n_extra,
-                   CASE
-                   WHEN pg_catalog.length(c.key) > 257 THEN
-                       'Graph exceeds maximum nesting depth of 256. Simplify the workflow or break it into '
-                       'multiple instances.'
-                   WHEN f.ty <> 'object' THEN
-                       CASE WHEN c.slot = 'condition' THEN 'condition_node must be a Durofut JSON object'
-                            WHEN c.slot LIKE 'extra%' THEN 'extra_nodes entries must be Durofut JSON objects'
-                            ELSE 'Durofut children must be JSON objects' END
-                   WHEN f.ntj IS NULL THEN
-                       'Malformed Durofut JSON: missing field `node_type`'
-                   WHEN pg_catalog.jsonb_typeof(f.ntj) <> 'string' THEN
-                       'Malformed Durofut JSON: invalid type: ' || df._serde_unexpected_v1(f.ntj::text)
-                       || ', expected a string'
-                   WHEN f.xj IS NOT NULL AND pg_catalog.jsonb_typeof(f.xj) <> 'array' THEN
-                       'Malformed Durofut JSON: invalid type: ' || df._serde_unexpected_v1(f.xj::text)
-                       || ', expected a sequence'
-                   WHEN f.qj IS NOT NULL AND pg_catalog.jsonb_typeof(f.qj) NOT IN ('string', 'null') THEN
-                       'Malformed Durofut JSON: invalid type: ' || df._serde_unexpected_v1(f.qj::text)
-                       || ', expected a string'
-                   WHEN f.rnj IS NOT NULL AND pg_catalog.jsonb_typeof(f.rnj) NOT IN ('string', 'null') THEN
-                       'Malformed Durofut JSON: invalid type: ' || df._serde_unexpected_v1(f.rnj::text)
-                       || ', expected a string'
-                   WHEN f.nt NOT IN ('SQL', 'THEN', 'IF', 'JOIN', 'LOOP', 'BREAK', 'RACE', 'SLEEP', 'WAIT_SCHEDULE',
-                                     'HTTP', 'HTTP_MULTIPART', 'SIGNAL') THEN
-                       'Unknown node_type ''' || f.nt || '''. Valid types: SQL, THEN, IF, JOIN, LOOP, BREAK, RACE, '
-                       'SLEEP, WAIT_SCHEDULE, HTTP, HTTP_MULTIPART, SIGNAL'
-                   WHEN f.has_c AND f.nt NOT IN ('IF', 'LOOP') THEN
-                       'condition_node is only allowed on IF and LOOP nodes'
-                   WHEN f.n_extra > 0 AND f.nt <> 'JOIN' THEN
-                       'extra_nodes is only allowed on JOIN nodes'
-                   WHEN f.nt IN ('THEN', 'RACE', 'JOIN', 'IF') AND NOT (f.has_l AND f.has_r) THEN
-                       f.nt || ' node requires left_node and right_node'
-                   WHEN f.nt = 'IF' AND NOT f.has_c AND NOT df._is_if_rows_config_v1(f.q) THEN
-                       'IF node requires condition_node or a result_has_rows query'
-                   WHEN f.nt = 'LOOP' AND NOT f.has_l THEN
-                       'LOOP node requires left_node'
-                   WHEN f.nt = 'LOOP' AND f.has_r THEN
-                       'LOOP node must not have right_node'
-                   WHEN f.nt NOT IN ('THEN', 'RACE', 'JOIN', 'IF', 'LOOP') AND (f.has_l OR f.has_r) THEN
-                       f.nt || ' node must not have left_node or right_node'
-                   WHEN f.nt NOT IN ('THEN', 'RACE', 'JOIN', 'IF', 'LOOP') AND f.q IS NULL THEN
-                       f.nt || ' node requires a query'
-                   WHEN f.rn = '' THEN
-                       'result name cannot be empty'
-                   WHEN f.rn !~ '^[a-zA-Z_][a-zA-Z0-9_]*$' THEN
-                       'result name ''' || f.rn || ''' is not a valid identifier — must match [a-zA-Z_][a-zA-Z0-9_]*'
-                   END
-              FROM walk AS w
-             CROSS JOIN LATERAL (
-                    SELECT 'A', ARRAY['root'], 'root', NULL::text WHERE w.key = ''
-                    UNION ALL
-                    SELECT w.key || 'A', w.jpath || 'left_node'::text, w.path || '.left', 'left' WHERE w.has_l
-                    UNION ALL
-                    SELECT w.key || 'B', w.jpath || 'right_node'::text, w.path || '.right', 'right' WHERE w.has_r
-                    UNION ALL
-                    SELECT w.key || 'C', w.jpath || 'condition_node'::text, w.path || '.condition_node', 'condition'
-                     WHERE w.has_c
-                    UNION ALL
-                    SELECT w.key || pg_catalog.chr(67 + e.i), w.jpath || ARRAY['extra_nodes', (e.i - 1)::text],
-                           w.path || '.extra_nodes[' || (e.i - 1) || ']', 'extra' || e.i
-                      FROM pg_catalog.generate_series(1, w.n_extra) AS e(i)
-                  ) AS c(key, jpath, path, slot)
-             CROSS JOIN LATERAL (
-                    SELECT v_graph #> c.jpath AS v
-                    OFFSET 0            -- read each node once, not once per reference
-                  ) AS n
-             CROSS JOIN LATERAL (
-                    SELECT pg_catalog.jsonb_typeof(n.v) AS ty,
-                           n.v -> 'node_type' AS ntj,
-                           n.v ->> 'node_type' AS nt,
-                           n.v -> 'query' AS qj,
-                           n.v ->> 'query' AS q,
-                           n.v -> 'result_name' AS rnj,
-                           n.v ->> 'result_name' AS rn,
-                           n.v -> 'extra_nodes' AS xj,
-                           COALESCE(n.v ? 'left_node' AND NOT n.v @> '{"left_node": null}', false) AS has_l,
-                           COALESCE(n.v ? 'right_node' AND NOT n.v @> '{"right_node": null}', false) AS has_r,
-                           COALESCE(n.v ? 'condition_node' AND NOT n.v @> '{"condition_node": null}', false)
-                               AS has_c,
-                           CASE WHEN pg_catalog.jsonb_typeof(n.v -> 'extra_nodes') = 'array'
-                                THEN pg_catalog.jsonb_array_length(n.v -> 'extra_nodes') ELSE 0 END AS n_extra
-                  ) AS f
-             WHERE w.err IS NULL
-        ),
-        found AS (
-            SELECT w.key, w.path, w.slot, w.node_type, w.query, w.result_name, w.err
-              FROM walk AS w WHERE w.key <> '' LIMIT 10001
-        )
-        SELECT n.key, n.path, n.slot, n.node_type, n.query, n.result_name, n.err
-          FROM found AS n
-         ORDER BY n.key COLLATE "C"
-    LOOP
+    WHILE v_top > 0 LOOP
+        v := s_node[v_top];
+        v_parent := s_parent[v_top];
+        v_slot := s_slot[v_top];
+        v_path := s_path[v_top];
+        v_depth := s_depth[v_top];
+        v_top := v_top - 1;
         v_n := v_n + 1;
-        -- Rows come in pre-order, so the first invalid one is the one to report.
-        IF r.err IS NOT NULL THEN
-            RAISE EXCEPTION 'Invalid durable function graph: %: %', r.path, r.err USING ERRCODE = 'DF002';
+
+        v_ntj := v -> 'node_type';
+        v_nt := v ->> 'node_type';
+        v_q := v ->> 'query';
+        v_rn := v ->> 'result_name';
+        v_xj := v -> 'extra_nodes';
+        v_has_l := COALESCE(v ? 'left_node' AND NOT v @> '{"left_node": null}', false);
+        v_has_r := COALESCE(v ? 'right_node' AND NOT v @> '{"right_node": null}', false);
+        v_has_c := COALESCE(v ? 'condition_node' AND NOT v @> '{"condition_node": null}', false);
+        v_extra := CASE WHEN pg_catalog.jsonb_typeof(v_xj) = 'array' THEN pg_catalog.jsonb_array_length(v_xj) ELSE 0 END;
+        v_err := CASE
+            WHEN v_depth > 256 THEN
+                'Graph exceeds maximum nesting depth of 256. Simplify the workflow or break it into '
+                'multiple instances.'
+            WHEN pg_catalog.jsonb_typeof(v) <> 'object' THEN
+                CASE WHEN v_slot = 'condition' THEN 'condition_node must be a Durofut JSON object'
+                     WHEN v_slot LIKE 'extra%' THEN 'extra_nodes entries must be Durofut JSON objects'
+                     ELSE 'Durofut children must be JSON objects' END
+            WHEN v_ntj IS NULL THEN
+                'Malformed Durofut JSON: missing field `node_type`'
+            WHEN pg_catalog.jsonb_typeof(v_ntj) <> 'string' THEN
+                'Malformed Durofut JSON: invalid type: ' || df._serde_unexpected_v1(v_ntj::text) || ', expected a string'
+            WHEN v_xj IS NOT NULL AND pg_catalog.jsonb_typeof(v_xj) <> 'array' THEN
+                'Malformed Durofut JSON: invalid type: ' || df._serde_unexpected_v1(v_xj::text) || ', expected a sequence'
+            WHEN pg_catalog.jsonb_typeof(v -> 'query') NOT IN ('string', 'null') THEN
+                'Malformed Durofut JSON: invalid type: ' || df._serde_unexpected_v1((v -> 'query')::text)
+                || ', expected a string'
+            WHEN pg_catalog.jsonb_typeof(v -> 'result_name') NOT IN ('string', 'null') THEN
+                'Malformed Durofut JSON: invalid type: ' || df._serde_unexpected_v1((v -> 'result_name')::text)
+                || ', expected a string'
+            WHEN v_nt NOT IN ('SQL', 'THEN', 'IF', 'JOIN', 'LOOP', 'BREAK', 'RACE', 'SLEEP', 'WAIT_SCHEDULE', 'HTTP',
+                              'HTTP_MULTIPART', 'SIGNAL') THEN
+                'Unknown node_type ''' || v_nt || '''. Valid types: SQL, THEN, IF, JOIN, LOOP, BREAK, RACE, '
+                'SLEEP, WAIT_SCHEDULE, HTTP, HTTP_MULTIPART, SIGNAL'
+            WHEN v_has_c AND v_nt NOT IN ('IF', 'LOOP') THEN
+                'condition_node is only allowed on IF and LOOP nodes'
+            WHEN v_extra > 0 AND v_nt <> 'JOIN' THEN
+                'extra_nodes is only allowed on JOIN nodes'
+            WHEN v_nt IN ('THEN', 'RACE', 'JOIN', 'IF') AND NOT (v_has_l AND v_has_r) THEN
+                v_nt || ' node requires left_node and right_node'
+            WHEN v_nt = 'IF' AND NOT v_has_c AND NOT df._is_if_rows_config_v1(v_q) THEN
+                'IF node requires condition_node or a result_has_rows query'
+            WHEN v_nt = 'LOOP' AND NOT v_has_l THEN
+                'LOOP node requires left_node'
+            WHEN v_nt = 'LOOP' AND v_has_r THEN
+                'LOOP node must not have right_node'
+            WHEN v_nt NOT IN ('THEN', 'RACE', 'JOIN', 'IF', 'LOOP') AND (v_has_l OR v_has_r) THEN
+                v_nt || ' node must not have left_node or right_node'
+            WHEN v_nt NOT IN ('THEN', 'RACE', 'JOIN', 'IF', 'LOOP') AND v_q IS NULL THEN
+                v_nt || ' node requires a query'
+            WHEN v_rn = '' THEN
+                'result name cannot be empty'
+            WHEN v_rn !~ '^[a-zA-Z_][a-zA-Z0-9_]*$' THEN
+                'result name ''' || v_rn || ''' is not a valid identifier — must match [a-zA-Z_][a-zA-Z0-9_]*'
+            END;
+        IF v_err IS NOT NULL THEN
+            RAISE EXCEPTION 'Invalid durable function graph: %: %', v_path, v_err USING ERRCODE = 'DF002';
         END IF;
         IF v_n > 10000 THEN
             RAISE EXCEPTION 'Invalid durable function graph: root: Workflow exceeds maximum node count of 10000. '
                             'Simplify the workflow or break it into multiple instances.'
                 USING ERRCODE = 'DF002';
         END IF;
-        v_len := pg_catalog.length(r.key);
-        v_last[v_len] := v_n;
-        v_parent := v_last[v_len - 1];      -- every ancestor of a found node was found before it
+
         a_parent[v_n] := v_parent;
-        a_slot[v_n] := r.slot;
-        a_depth[v_n] := v_len - 1;
-        a_path[v_n] := r.path;
-        a_type[v_n] := r.node_type;
-        a_query[v_n] := r.query;
-        a_name[v_n] := r.result_name;
-        IF r.slot = 'left' THEN
+        a_slot[v_n] := v_slot;
+        a_depth[v_n] := v_depth;
+        a_path[v_n] := v_path;
+        a_type[v_n] := v_nt;
+        a_query[v_n] := CASE WHEN v_nt IN ('SQL', 'BREAK', 'SLEEP', 'WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART', 'SIGNAL')
+                                  OR (v_nt = 'IF' AND NOT v_has_c) THEN v_q END;
+        a_name[v_n] := v_rn;
+        IF v_slot = 'left' THEN
             a_left[v_parent] := v_n;
-        ELSIF r.slot = 'right' THEN
+        ELSIF v_slot = 'right' THEN
             a_right[v_parent] := v_n;
-        ELSIF r.slot = 'condition' THEN
+        ELSIF v_slot = 'condition' THEN
             a_cond[v_parent] := v_n;
-        ELSIF r.slot LIKE 'extra%' THEN
+        ELSIF v_slot LIKE 'extra%' THEN
             a_extra[v_parent] := COALESCE(a_extra[v_parent] || ',', '') || v_n;
+        END IF;
+
+        -- The children, pushed last first so that they pop in pre-order.
+        FOR i IN REVERSE v_extra .. 1 LOOP
+            v_top := v_top + 1;
+            s_node[v_top] := v_xj -> (i - 1);
+            s_parent[v_top] := v_n;
+            s_slot[v_top] := 'extra' || i;
+            s_path[v_top] := v_path || '.extra_nodes[' || (i - 1) || ']';
+            s_depth[v_top] := v_depth + 1;
+        END LOOP;
+        IF v_has_c THEN
+            v_top := v_top + 1;
+            s_node[v_top] := v -> 'condition_node';
+            s_parent[v_top] := v_n;
+            s_slot[v_top] := 'condition';
+            s_path[v_top] := v_path || '.condition_node';
+            s_depth[v_top] := v_depth + 1;
+        END IF;
+        IF v_has_r THEN
+            v_top := v_top + 1;
+            s_node[v_top] := v -> 'right_node';
+            s_parent[v_top] := v_n;
+            s_slot[v_top] := 'right';
+            s_path[v_top] := v_path || '.right';
+            s_depth[v_top] := v_depth + 1;
+        END IF;
+        IF v_has_l THEN
+            v_top := v_top + 1;
+            s_node[v_top] := v -> 'left_node';
+            s_parent[v_top] := v_n;
+            s_slot[v_top] := 'left';
+            s_path[v_top] := v_path || '.left';
+            s_depth[v_top] := v_depth + 1;
         END IF;
     END LOOP;
     FOR i IN 1 .. v_n LOOP

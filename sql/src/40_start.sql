@@ -30,19 +30,11 @@ DECLARE
     v_caller    regrole;
     v_refusal   text;
     v_base      bigint := (pg_catalog.random() * 4294967296)::bigint % 4294967296;
-    v_space     bigint := COALESCE(df._setting('id_space')::bigint, 4294967296);
-    v_attempts  integer := COALESCE(df._setting('max_id_attempts')::integer, 10);
+    v_space     bigint;
+    v_attempts  integer;
+    v_version   bigint;
     v_id        varchar(8);
     v_try       integer;
-    -- The node rows' columns, in pre-order (element 1 is the root).
-    v_ids       text[];
-    v_types     text[];
-    v_queries   text[];
-    v_names     text[];
-    v_lefts     text[];
-    v_rights    text[];
-    v_parents   text[];
-    v_slots     text[];
 BEGIN
     IF v_mode IS NULL OR v_mode NOT IN ('caller', 'new') THEN
         RAISE EXCEPTION 'invalid transaction_mode "%" for df.start(): expected ''caller'' or ''new''', p_mode
@@ -63,45 +55,25 @@ BEGIN
         RAISE EXCEPTION '%', v_refusal USING ERRCODE = 'DF005';
     END IF;
 
-    -- Validate and flatten before anything is written, straight into the
-    -- node rows' columns (no temp table: a caller could plant one with a
-    -- trigger that would run as the owner).  One aggregation pass over the
-    -- rows sorted by ord fills every array in that order.  Node ids: a
-    -- random base walked by an odd multiplier modulo 2^32 is a bijection, so
-    -- the ids of one instance are distinct and look random.  Node k
-    -- (pre-order, from 1) is lpad(to_hex((base + k * 2654435761) % 2^32), 8,
-    -- '0'), written out here: a function call per id cost more than the
-    -- rest of the row.
-    SELECT pg_catalog.array_agg(pg_catalog.lpad(pg_catalog.to_hex((v_base + f.ord::bigint * 2654435761)
-                                                                  % 4294967296), 8, '0')),
-           pg_catalog.array_agg(f.node_type),
-           pg_catalog.array_agg(CASE
-               WHEN f.cond_ord IS NOT NULL
-                   THEN pg_catalog.json_build_object('condition_node', pg_catalog.lpad(pg_catalog.to_hex(
-                            (v_base + f.cond_ord::bigint * 2654435761) % 4294967296), 8, '0'))::text
-               WHEN COALESCE(pg_catalog.cardinality(f.extra_ords), 0) > 0
-                   THEN pg_catalog.json_build_object('extra_nodes',
-                        (SELECT pg_catalog.array_agg(pg_catalog.lpad(pg_catalog.to_hex(
-                                    (v_base + x.e::bigint * 2654435761) % 4294967296), 8, '0') ORDER BY x.k)
-                           FROM pg_catalog.unnest(f.extra_ords) WITH ORDINALITY AS x(e, k)))::text
-               ELSE f.query
-           END),
-           pg_catalog.array_agg(f.result_name),
-           pg_catalog.array_agg(pg_catalog.lpad(pg_catalog.to_hex((v_base + f.left_ord::bigint * 2654435761)
-                                                                  % 4294967296), 8, '0')),
-           pg_catalog.array_agg(pg_catalog.lpad(pg_catalog.to_hex((v_base + f.right_ord::bigint * 2654435761)
-                                                                  % 4294967296), 8, '0')),
-           pg_catalog.array_agg(pg_catalog.lpad(pg_catalog.to_hex((v_base + f.parent_ord::bigint * 2654435761)
-                                                                  % 4294967296), 8, '0')),
-           pg_catalog.array_agg(f.slot)
-      INTO v_ids, v_types, v_queries, v_names, v_lefts, v_rights, v_parents, v_slots
-      FROM (SELECT * FROM df._flatten_v1(v_env) AS g ORDER BY g.ord) AS f;
-
     -- Claim an id: insert-on-conflict-do-nothing, re-rolled on collision.
+    -- Every row of the instance starts at one version (0.3.0: the rows'
+    -- version trigger then has nothing to do; one clock read, not one per row).
+    -- Node ids: a random base walked by an odd multiplier modulo 2^32 is a
+    -- bijection, so the ids of one instance are distinct and look random.
+    -- Node k (pre-order, from 1; the root is 1) is
+    -- lpad(to_hex((base + k * 2654435761) % 2^32), 8, '0'), written out
+    -- below: a function call per id cost more than the rest of the row.
+    SELECT COALESCE(pg_catalog.max(s.value) FILTER (WHERE s.key = 'id_space'), '4294967296')::bigint,
+           COALESCE(pg_catalog.max(s.value) FILTER (WHERE s.key = 'max_id_attempts'), '10')::integer
+      INTO v_space, v_attempts
+      FROM df.settings AS s WHERE s.key IN ('id_space', 'max_id_attempts');
+    v_version := df._initial_version();
     FOR v_try IN 1 .. v_attempts LOOP
         v_id := pg_catalog.lpad(pg_catalog.to_hex(((pg_catalog.random() * v_space)::bigint % v_space)), 8, '0');
-        INSERT INTO df.instances AS i (id, label, root_node, status, submitted_by, database, transaction_mode)
-        VALUES (v_id, p_label, v_ids[1], 'pending', v_caller, p_database, v_mode)
+        INSERT INTO df.instances AS i (id, label, root_node, status, submitted_by, database, transaction_mode,
+                                       resource_version)
+        VALUES (v_id, p_label, pg_catalog.lpad(pg_catalog.to_hex((v_base + 2654435761) % 4294967296), 8, '0'),
+                'pending', v_caller, p_database, v_mode, v_version)
         ON CONFLICT (id) DO NOTHING
         RETURNING i.id INTO v_id;
         EXIT WHEN v_id IS NOT NULL;
@@ -115,14 +87,36 @@ BEGIN
                   HINT = 'Delete finished instances to free ids.';
     END IF;
 
+    -- The graph is validated and flattened by the same statement that writes
+    -- its rows (0.3.0: no pass to collect them first); an invalid graph
+    -- raises there, and the caller's transaction loses the instance row too.
+    -- No temp table anywhere: a caller could plant one with a trigger that
+    -- would run as the owner.
     INSERT INTO df.nodes (id, instance_id, node_type, query, result_name, left_node, right_node,
-                          submitted_by, database, parent_id, slot)
-    SELECT g.id, v_id, g.node_type, g.query, g.result_name, g.left_node, g.right_node, v_caller, p_database,
-           g.parent_id, g.slot
-      FROM ROWS FROM (pg_catalog.unnest(v_ids), pg_catalog.unnest(v_types), pg_catalog.unnest(v_queries),
-                      pg_catalog.unnest(v_names), pg_catalog.unnest(v_lefts), pg_catalog.unnest(v_rights),
-                      pg_catalog.unnest(v_parents), pg_catalog.unnest(v_slots))
-           AS g(id, node_type, query, result_name, left_node, right_node, parent_id, slot);
+                          submitted_by, database, parent_id, slot, resource_version)
+    SELECT pg_catalog.lpad(pg_catalog.to_hex((v_base + f.ord::bigint * 2654435761) % 4294967296), 8, '0'),
+           v_id,
+           f.node_type,
+           CASE
+           WHEN f.cond_ord IS NOT NULL
+               THEN pg_catalog.json_build_object('condition_node', pg_catalog.lpad(pg_catalog.to_hex(
+                        (v_base + f.cond_ord::bigint * 2654435761) % 4294967296), 8, '0'))::text
+           WHEN COALESCE(pg_catalog.cardinality(f.extra_ords), 0) > 0
+               THEN pg_catalog.json_build_object('extra_nodes',
+                    (SELECT pg_catalog.array_agg(pg_catalog.lpad(pg_catalog.to_hex(
+                                (v_base + x.e::bigint * 2654435761) % 4294967296), 8, '0') ORDER BY x.k)
+                       FROM pg_catalog.unnest(f.extra_ords) WITH ORDINALITY AS x(e, k)))::text
+           ELSE f.query
+           END,
+           f.result_name,
+           pg_catalog.lpad(pg_catalog.to_hex((v_base + f.left_ord::bigint * 2654435761) % 4294967296), 8, '0'),
+           pg_catalog.lpad(pg_catalog.to_hex((v_base + f.right_ord::bigint * 2654435761) % 4294967296), 8, '0'),
+           v_caller,
+           p_database,
+           pg_catalog.lpad(pg_catalog.to_hex((v_base + f.parent_ord::bigint * 2654435761) % 4294967296), 8, '0'),
+           f.slot,
+           v_version
+      FROM df._flatten_v1(v_env) AS f;
 
     INSERT INTO df.instance_vars (instance_id, name, value)
     SELECT v_id, v.name, v.value FROM df.vars AS v WHERE v.owner = v_caller AND v.value IS NOT NULL;

@@ -685,6 +685,61 @@ def test_ensure_strict(user: psycopg.Connection) -> None:
     assert err.sqlstate == "DF001"
 
 
+# df._ensure_strict_v1 takes a fast path for an envelope whose text starts with '{' (0.3.0); a leading
+# space keeps the same text on the strict parse (which skips leading whitespace).  Both must agree on
+# every root: the envelope they build, or the error and its message.
+STRICT_ROOTS = [
+    E2,
+    E11,
+    E14,
+    E16,
+    '{"node_type":"SQL","query":"x","zz":1}',                                 # unknown member: left out
+    '{"node_type":"SQL","query":"x","zz":1,"zz":2}',                          # repeated unknown member
+    '{"node_type":"SQL","query":"x","result_name":null,"left_node":null}',    # null members: absent
+    '{"node_type":"JOIN","left_node":{"node_type":"SQL","query":"a"},"right_node":{"node_type":"SQL",'
+    '"query":"b"},"extra_nodes":[]}',                                          # empty extra_nodes: absent
+    '{"node_type":"JOIN","left_node":{"node_type":"SQL","query":"a"},"right_node":{"node_type":"SQL",'
+    '"query":"b"},"extra_nodes":[{"node_type":"SQL","query":"c"}]}',
+    '{"node_type":"S\\u0051L","query":"\\u00e9\\/"}',                   # escapes
+    '{"node_type":"THEN","left_node":{"node_type":"SQL","query":"a","query":"b"},'
+    '"right_node":{"node_type":"SQL","query":"c"}}',                         # a child repeats: jsonb keeps the last
+    '{"node_type":"SQL","query":"a","query":"b"}',                            # the root repeats: malformed
+    '{"node_type":"SQL","query":"x","node_type":"SQL"}',
+    '{"node_type":"SQL","query":5}',
+    '{"node_type":"SQL","result_name":true}',
+    '{"node_type":"SQL","query":"x","extra_nodes":null}',
+    '{"node_type":"SQL","query":"x","extra_nodes":{}}',
+    '{"node_type":"FOO","query":"x"}',
+    '{"node_type":7,"query":"x"}',
+    '{"node_type":null,"query":"x"}',
+    '{"query":"x"}',
+    '{"node_type":"SQL","query":"\\u0000"}',                                # json yes, jsonb no
+    '{"node_type":"SQL","query":"x","n":1e999999}',
+    '{"node_type":"SQL","query":"x"',                                         # not JSON: an SQL step
+    '{"node_type":"SQL","query":"x"} trailing',
+]
+
+
+@pytest.mark.parametrize("text", STRICT_ROOTS)
+def test_ensure_strict_fast_path_agrees_with_strict_parse(user: psycopg.Connection, text: str) -> None:
+    def outcome(arg: str) -> tuple[str, object]:
+        try:
+            with user.transaction():
+                return "ok", user.execute("SELECT df._ensure_strict_v1(%s)", (arg,)).fetchone()[0]  # type: ignore[index]
+        except psycopg.Error as exc:
+            # The position differs by the leading space; the rest must not.
+            return exc.sqlstate or "", re.sub(r" at line \d+ column \d+$", "", exc.diag.message_primary or "")
+
+    fast, strict = outcome(text), outcome(" " + text)
+    if fast[0] == "ok" and isinstance(fast[1], dict) and fast[1].get("node_type") == "SQL" and "node_type" not in text:
+        return  # not an envelope: both are an SQL step of their own (different) text
+    if fast[0] == "ok" and strict[0] == "ok" and fast[1] != strict[1]:
+        # Only text that is no envelope keeps its own text as the query.
+        assert fast[1] == {"node_type": "SQL", "query": text} and strict[1] == {"node_type": "SQL", "query": " " + text}
+        return
+    assert fast == strict
+
+
 # ----- NULLs, defaults, signatures ---------------------------------------------
 
 STRICT_NULLS = [
