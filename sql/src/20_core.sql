@@ -52,8 +52,10 @@ $$;
 
 -- Every change to an instance or node advances its resource_version by
 -- exactly one.  A new row gets its first version here unless its writer gave
--- one (df.start gives all rows of an instance the same df._initial_version();
--- 0.3.0: the trigger's WHEN then skips the call).
+-- one (df.start gives all rows of an instance the same df._initial_version()).
+-- 0.3.0: the triggers' WHEN skips the call where the statement did the same
+-- itself (the worker's writes set resource_version + 1 and updated_at =
+-- now()); for any other insert or update the trigger does it.
 CREATE FUNCTION df._bump_version() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -70,11 +72,15 @@ END
 $$;
 
 CREATE TRIGGER instances_version BEFORE UPDATE ON df.instances
-    FOR EACH ROW EXECUTE FUNCTION df._bump_version();
+    FOR EACH ROW WHEN (NEW.resource_version IS DISTINCT FROM OLD.resource_version + 1
+                       OR NEW.updated_at IS DISTINCT FROM pg_catalog.now())
+    EXECUTE FUNCTION df._bump_version();
 CREATE TRIGGER instances_version_new BEFORE INSERT ON df.instances
     FOR EACH ROW WHEN (NEW.resource_version IS NULL) EXECUTE FUNCTION df._bump_version();
 CREATE TRIGGER nodes_version BEFORE UPDATE ON df.nodes
-    FOR EACH ROW EXECUTE FUNCTION df._bump_version();
+    FOR EACH ROW WHEN (NEW.resource_version IS DISTINCT FROM OLD.resource_version + 1
+                       OR NEW.updated_at IS DISTINCT FROM pg_catalog.now())
+    EXECUTE FUNCTION df._bump_version();
 CREATE TRIGGER nodes_version_new BEFORE INSERT ON df.nodes
     FOR EACH ROW WHEN (NEW.resource_version IS NULL) EXECUTE FUNCTION df._bump_version();
 

@@ -554,7 +554,8 @@ BEGIN
         UPDATE df.nodes AS n
            SET status = u.status, result_text = u.result_text,
                result = CASE WHEN u.result_text IS NULL THEN NULL ELSE u.result_text::jsonb END,
-               wake_at = u.wake_at, state = u.state, status_details = u.status_details
+               wake_at = u.wake_at, state = u.state, status_details = u.status_details,
+               resource_version = n.resource_version + 1, updated_at = pg_catalog.now()
           FROM u
          WHERE n.instance_id = ANY (v_ok) AND n.instance_id = u.instance_id AND n.id = u.node_id
            AND n.resource_version = u.expected_version
@@ -597,7 +598,8 @@ BEGIN
            output = CASE WHEN e.value ->> 'status' IN ('completed', 'failed') THEN e.value ->> 'output'
                          ELSE i.output END,
            execution_count = COALESCE((e.value ->> 'execution_count')::bigint, i.execution_count),
-           completed_at = CASE WHEN e.value ->> 'status' = 'completed' THEN pg_catalog.now() ELSE i.completed_at END
+           completed_at = CASE WHEN e.value ->> 'status' = 'completed' THEN pg_catalog.now() ELSE i.completed_at END,
+           resource_version = i.resource_version + 1, updated_at = pg_catalog.now()
       FROM pg_catalog.jsonb_array_elements(v_items) AS e
      WHERE i.id = ANY (v_ok) AND i.id = e.value ->> 'id'
        AND (e.value ->> 'status' IN ('completed', 'failed') OR i.status = 'pending'
@@ -676,7 +678,9 @@ BEGIN
        AND a.bind_hash = b.hash AND a.backend_pid IS NULL
        AND q.instance_id = a.instance_id AND q.lease_token = a.lease_token
        AND q.lease_expires_at > pg_catalog.clock_timestamp()
-       AND i.id = a.instance_id AND i.submitted_by = pg_catalog.quote_ident(session_user)::regrole;
+       -- IS NOT DISTINCT FROM (the column is NOT NULL): never an index condition, so the planner finds
+       -- the instance by id, not by scanning every instance of the role in idx_instances_submitted_by.
+       AND i.id = a.instance_id AND i.submitted_by IS NOT DISTINCT FROM pg_catalog.quote_ident(session_user)::regrole;
     GET DIAGNOSTICS v_bound = ROW_COUNT;
     IF v_bound IS DISTINCT FROM pg_catalog.cardinality(p_instance_ids) THEN
         RAISE EXCEPTION 'durable: attempt refused' USING ERRCODE = 'DF014';
@@ -728,7 +732,8 @@ BEGIN
        AND q.instance_id = a.instance_id AND q.lease_token = a.lease_token
        AND q.lease_expires_at > pg_catalog.clock_timestamp()
        AND i.id = a.instance_id AND i.status IN ('pending', 'running')
-       AND i.submitted_by = pg_catalog.quote_ident(session_user)::regrole;
+       -- Not an index condition (see df._bind_v1): the instances are found by id.
+       AND i.submitted_by IS NOT DISTINCT FROM pg_catalog.quote_ident(session_user)::regrole;
     GET DIAGNOSTICS v_count = ROW_COUNT;
     IF v_count IS DISTINCT FROM v_n THEN
         RAISE EXCEPTION 'durable: checkpoint refused' USING ERRCODE = 'DF014';
@@ -736,7 +741,8 @@ BEGIN
     WITH done AS (
         UPDATE df.nodes AS n
            SET status = 'completed', result_text = c.result_text, result = c.result_text::jsonb,
-               status_details = c.details, wake_at = NULL
+               status_details = c.details, wake_at = NULL,
+               resource_version = n.resource_version + 1, updated_at = pg_catalog.now()
           FROM ROWS FROM (pg_catalog.unnest(p_instance_ids), pg_catalog.unnest(p_node_ids),
                           pg_catalog.unnest(p_results), pg_catalog.unnest(p_details),
                           pg_catalog.unnest(p_versions)) WITH ORDINALITY
@@ -852,7 +858,8 @@ BEGIN
            SET status = u.status, result_text = u.result_text,
                result = CASE WHEN u.result_text IS NULL THEN NULL ELSE u.result_text::jsonb END,
                wake_at = u.wake_at, state = CASE WHEN u.own THEN n.state ELSE u.state END,
-               status_details = u.status_details
+               status_details = u.status_details,
+               resource_version = n.resource_version + 1, updated_at = pg_catalog.now()
           FROM u
          WHERE n.instance_id = p_instance_id AND n.id = u.node_id
         RETURNING n.id, n.resource_version
@@ -865,7 +872,8 @@ BEGIN
     IF v_status IN ('completed', 'failed') THEN
         UPDATE df.instances AS i
            SET status = v_status, output = p_next ->> 'output',
-               completed_at = CASE WHEN v_status = 'completed' THEN pg_catalog.now() ELSE i.completed_at END
+               completed_at = CASE WHEN v_status = 'completed' THEN pg_catalog.now() ELSE i.completed_at END,
+               resource_version = i.resource_version + 1, updated_at = pg_catalog.now()
          WHERE i.id = p_instance_id;
         DELETE FROM df.instance_queue AS q WHERE q.instance_id = p_instance_id;
         DELETE FROM df.attempts AS a WHERE a.instance_id = p_instance_id;

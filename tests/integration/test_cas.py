@@ -213,3 +213,44 @@ def test_a_worker_whose_lease_was_taken_over_cannot_write(db, worker_dsn, make_r
         assert db.execute("SELECT status FROM df.nodes WHERE instance_id = %s", (iid,)).fetchone()[0] == "running"
     finally:
         worker.close()
+
+
+def test_the_version_triggers_run_unless_the_statement_bumped_the_version_itself(alice, db):
+    """0.3.0: the version triggers have a WHEN, so that the worker's writes (which set resource_version + 1
+    and updated_at = now() themselves) skip the call.  Any other write must still come out at exactly
+    one more, at now(), whatever it tried to set."""
+    role, conn = alice
+    iid = conn.execute("SELECT df.start('SELECT 1' ~> 'SELECT 2')").fetchone()[0]
+    rows = db.execute("SELECT id, resource_version FROM df.nodes WHERE instance_id = %s", (iid,)).fetchall()
+    first = {v for _, v in rows} | {version(conn, iid)}
+    assert len(first) == 1, "df.start gives every row of an instance one first version"
+    (v0,) = first
+    node = rows[0][0]
+
+    def node_row() -> tuple[int, bool]:
+        row = db.execute("SELECT resource_version, updated_at = now() FROM df.nodes WHERE instance_id = %s AND id = %s",
+                         (iid, node)).fetchone()
+        assert row is not None
+        return row[0], row[1]
+
+    with db.transaction():
+        db.execute("UPDATE df.nodes SET state = '{}' WHERE instance_id = %s AND id = %s", (iid, node))
+        assert node_row() == (v0 + 1, True)  # not set by the statement: the trigger
+        db.execute("UPDATE df.nodes SET resource_version = resource_version + 5 WHERE instance_id = %s AND id = %s",
+                   (iid, node))
+        assert node_row() == (v0 + 2, True)  # set wrong: the trigger puts it right
+        db.execute("UPDATE df.nodes SET resource_version = resource_version + 1, updated_at = now() - interval '1 day'"
+                   " WHERE instance_id = %s AND id = %s", (iid, node))
+        assert node_row() == (v0 + 3, True)  # an old updated_at: the trigger again
+        db.execute("UPDATE df.nodes SET resource_version = resource_version + 1, updated_at = now()"
+                   " WHERE instance_id = %s AND id = %s", (iid, node))
+        assert node_row() == (v0 + 4, True)  # what the worker writes: kept as it is
+        db.execute("UPDATE df.instances SET resource_version = 1, labels = '{}' WHERE id = %s", (iid,))
+        assert db.execute("SELECT resource_version FROM df.instances WHERE id = %s", (iid,)).fetchone() == (v0 + 1,)
+    # A new row without a version gets one from the clock, above what this id could have had before.
+    with db.transaction(force_rollback=True):
+        # The bare row's deferred foreign key is never checked: the transaction rolls back.
+        db.execute("INSERT INTO df.instances (id, root_node, submitted_by) VALUES ('0000abcd', '0000abcd', %s::regrole)",
+                   (role,))
+        (v_new,) = db.execute("SELECT resource_version FROM df.instances WHERE id = '0000abcd'").fetchone()
+        assert v_new is not None and v_new > v0
