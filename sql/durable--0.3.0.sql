@@ -877,7 +877,7 @@ BEGIN
                    pg_catalog.array_agg(e.key) FILTER (
                        WHERE e.key NOT IN ('node_type', 'left_node', 'right_node', 'condition_node', 'extra_nodes',
                                            'query', 'result_name')
-                          OR e.value = 'null'::jsonb OR e.value = '[]'::jsonb)
+                          OR e.value = 'null'::jsonb OR (e.key = 'extra_nodes' AND e.value = '[]'::jsonb))
               INTO v_members, v_drop
               FROM pg_catalog.jsonb_each(v) AS e;
             IF v_members = (SELECT pg_catalog.count(*) FROM pg_catalog.json_object_keys(fut::json)) THEN
@@ -933,7 +933,8 @@ $$;
 -- with an explicit stack checks each node as it is popped, so the first
 -- invalid node in pre-order is the one reported and nothing below it is read:
 --   Invalid durable function graph: <path>: <message>   (SQLSTATE DF002)
--- It stops at depth 257 and at the 10,001st node.  A walk in PL/pgSQL, not a
+-- It stops at depth 257 and at the 10,001st node in pre-order (the first
+-- 10,001 popped, as pg_durable's walk pops them).  A walk in PL/pgSQL, not a
 -- recursive CTE (0.3.0): starting that query's plan cost more than walking
 -- the few nodes df.start mostly gets.  A node is read out of its parent once
 -- (`->`), so a value is copied once per level above it, as the CTE's paths did.
@@ -1072,8 +1073,10 @@ BEGIN
             a_extra[v_parent] := COALESCE(a_extra[v_parent] || ',', '') || v_n;
         END IF;
 
-        -- The children, pushed last first so that they pop in pre-order.
-        FOR i IN REVERSE v_extra .. 1 LOOP
+        -- The children, pushed last first so that they pop in pre-order.  An extra node that could
+        -- only pop after the 10,001st node is never pushed: a wide extra_nodes costs no more memory
+        -- than the nodes the walk can reach.
+        FOR i IN REVERSE LEAST(v_extra, 10001 - v_n) .. 1 LOOP
             v_top := v_top + 1;
             s_node[v_top] := v_xj -> (i - 1);
             s_parent[v_top] := v_n;

@@ -174,8 +174,10 @@ BEGIN
             a_extra[v_parent] := COALESCE(a_extra[v_parent] || ',', '') || v_n;
         END IF;
 
-        -- The children, pushed last first so that they pop in pre-order.
-        FOR i IN REVERSE v_extra .. 1 LOOP
+        -- The children, pushed last first so that they pop in pre-order.  An extra node that could
+        -- only pop after the 10,001st node is never pushed: a wide extra_nodes costs no more memory
+        -- than the nodes the walk can reach.
+        FOR i IN REVERSE LEAST(v_extra, 10001 - v_n) .. 1 LOOP
             v_top := v_top + 1;
             s_node[v_top] := v_xj -> (i - 1);
             s_parent[v_top] := v_n;
@@ -1024,7 +1026,7 @@ BEGIN
                    pg_catalog.array_agg(e.key) FILTER (
                        WHERE e.key NOT IN ('node_type', 'left_node', 'right_node', 'condition_node', 'extra_nodes',
                                            'query', 'result_name')
-                          OR e.value = 'null'::jsonb OR e.value = '[]'::jsonb)
+                          OR e.value = 'null'::jsonb OR (e.key = 'extra_nodes' AND e.value = '[]'::jsonb))
               INTO v_members, v_drop
               FROM pg_catalog.jsonb_each(v) AS e;
             IF v_members = (SELECT pg_catalog.count(*) FROM pg_catalog.json_object_keys(fut::json)) THEN

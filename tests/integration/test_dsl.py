@@ -715,6 +715,10 @@ STRICT_ROOTS = [
     '{"query":"x"}',
     '{"node_type":"SQL","query":"\\u0000"}',                                # json yes, jsonb no
     '{"node_type":"SQL","query":"x","n":1e999999}',
+    '{"node_type":"SQL","query":"x","left_node":[]}',                          # only extra_nodes: [] is absent
+    '{"node_type":"LOOP","left_node":{"node_type":"SQL","query":"a"},"condition_node":[]}',
+    '{"node_type":"LOOP","left_node":{"node_type":"SQL","query":"a"},"right_node":[]}',
+    '{"node_type":"RACE","left_node":[],"right_node":{"node_type":"SQL","query":"a"}}',
     '{"node_type":"SQL","query":"x"',                                         # not JSON: an SQL step
     '{"node_type":"SQL","query":"x"} trailing',
 ]
