@@ -1503,24 +1503,30 @@ AS $$ SELECT df.loop(body) $$;
 -- step's backend pid in df.attempts, which users cannot write (pg_durable's
 -- session setting df.in_workflow can be reset by the step itself).
 CREATE FUNCTION df._in_workflow() RETURNS boolean
-LANGUAGE sql STABLE SECURITY DEFINER
+LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+BEGIN
     -- The backend's start time guards against a pid reused by a later session.  An attempt bound in
     -- the step's own transaction (0.3.0) records no start time: it counts only in that transaction.
-    SELECT EXISTS (
+    RETURN EXISTS (
         SELECT 1 FROM df.attempts AS a
          WHERE a.backend_pid = pg_catalog.pg_backend_pid()
            AND (a.backend_start IS NOT DISTINCT FROM (SELECT s.backend_start FROM pg_catalog.pg_stat_activity AS s
                                                        WHERE s.pid = pg_catalog.pg_backend_pid())
                 OR (a.backend_start IS NULL AND a.bind_hash IS NULL
-                    AND a.xmin = pg_catalog.xid(pg_catalog.pg_current_xact_id_if_assigned()))))
+                    AND a.xmin = pg_catalog.xid(pg_catalog.pg_current_xact_id_if_assigned()))));
+END
 $$;
 
 CREATE FUNCTION df.in_workflow() RETURNS boolean
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT df._in_workflow() $$;
+AS $$
+BEGIN
+    RETURN df._in_workflow();
+END
+$$;
 
 CREATE FUNCTION df.setvar(name text, value text) RETURNS text
 LANGUAGE plpgsql STRICT
@@ -1539,11 +1545,13 @@ END
 $$;
 
 CREATE FUNCTION df.getvar(name text) RETURNS text
-LANGUAGE sql STABLE STRICT
+LANGUAGE plpgsql STABLE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT v.value FROM df.vars AS v
-     WHERE v.owner = pg_catalog.quote_ident(current_user)::regrole AND v.name = getvar.name
+BEGIN
+    RETURN (SELECT v.value FROM df.vars AS v
+             WHERE v.owner = pg_catalog.quote_ident(current_user)::regrole AND v.name = getvar.name);
+END
 $$;
 
 CREATE FUNCTION df.unsetvar(name text) RETURNS text
@@ -1723,22 +1731,30 @@ $$;
 -- ---------------------------------------------------------------------------
 -- Reads (SECURITY INVOKER: row-level security decides what a role sees) and
 -- the small control functions: status, result, instance_info, list_instances,
--- await_instance, version, target_database, run.
+-- await_instance, version, target_database, run.  The ones clients poll are
+-- PL/pgSQL (0.3.0), whose plans are kept: a LANGUAGE sql function with a SET
+-- clause is planned again at every call.
 -- ---------------------------------------------------------------------------
 
 CREATE FUNCTION df.status(instance_id text) RETURNS text
-LANGUAGE sql STABLE STRICT
-SET search_path = pg_catalog, pg_temp
-AS $$ SELECT i.status FROM df.instances AS i WHERE i.id = status.instance_id $$;
-
-CREATE FUNCTION df.result(instance_id text) RETURNS text
-LANGUAGE sql STABLE STRICT
+LANGUAGE plpgsql STABLE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT n.result::text
-      FROM df.instances AS i
-      JOIN df.nodes AS n ON n.instance_id = i.id AND n.id = i.root_node
-     WHERE i.id = result.instance_id AND n.status = 'completed'
+BEGIN
+    RETURN (SELECT i.status FROM df.instances AS i WHERE i.id = status.instance_id);
+END
+$$;
+
+CREATE FUNCTION df.result(instance_id text) RETURNS text
+LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN (SELECT n.result::text
+              FROM df.instances AS i
+              JOIN df.nodes AS n ON n.instance_id = i.id AND n.id = i.root_node
+             WHERE i.id = result.instance_id AND n.status = 'completed');
+END
 $$;
 
 CREATE FUNCTION df.instance_info(instance_id text)
@@ -2067,23 +2083,31 @@ $$;
 
 -- Register / unregister the calling session as waiting for instances to
 -- finish (the Python client LISTENs on durable_done meanwhile).  Only ever
--- the caller's own backend, so anyone may call them.
+-- the caller's own backend, so anyone may call them.  PL/pgSQL (0.3.0): as
+-- LANGUAGE sql functions with a SET clause they planned their statements over
+-- pg_stat_activity again at every call (about 2 ms).
 CREATE FUNCTION df._wait_begin_v1() RETURNS void
-LANGUAGE sql VOLATILE SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+BEGIN
     DELETE FROM df.waiters AS w
      WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity AS a WHERE a.pid = w.pid);
     INSERT INTO df.waiters (pid, backend_start)
     VALUES (pg_catalog.pg_backend_pid(),
             (SELECT a.backend_start FROM pg_catalog.pg_stat_activity AS a WHERE a.pid = pg_catalog.pg_backend_pid()))
     ON CONFLICT (pid) DO UPDATE SET backend_start = EXCLUDED.backend_start, since = pg_catalog.clock_timestamp();
+END
 $$;
 
 CREATE FUNCTION df._wait_end_v1() RETURNS void
-LANGUAGE sql VOLATILE SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$ DELETE FROM df.waiters AS w WHERE w.pid = pg_catalog.pg_backend_pid(); $$;
+AS $$
+BEGIN
+    DELETE FROM df.waiters AS w WHERE w.pid = pg_catalog.pg_backend_pid();
+END
+$$;
 
 -- An instance finished: wake waiting clients, if there are any (at most one
 -- NOTIFY per transaction; the payload tells other roles nothing).

@@ -412,18 +412,20 @@ END
 $$;
 
 CREATE OR REPLACE FUNCTION df._in_workflow() RETURNS boolean
-LANGUAGE sql STABLE SECURITY DEFINER
+LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+BEGIN
     -- The backend's start time guards against a pid reused by a later session.  An attempt bound in
     -- the step's own transaction (0.3.0) records no start time: it counts only in that transaction.
-    SELECT EXISTS (
+    RETURN EXISTS (
         SELECT 1 FROM df.attempts AS a
          WHERE a.backend_pid = pg_catalog.pg_backend_pid()
            AND (a.backend_start IS NOT DISTINCT FROM (SELECT s.backend_start FROM pg_catalog.pg_stat_activity AS s
                                                        WHERE s.pid = pg_catalog.pg_backend_pid())
                 OR (a.backend_start IS NULL AND a.bind_hash IS NULL
-                    AND a.xmin = pg_catalog.xid(pg_catalog.pg_current_xact_id_if_assigned()))))
+                    AND a.xmin = pg_catalog.xid(pg_catalog.pg_current_xact_id_if_assigned()))));
+END
 $$;
 
 -- ---------------------------------------------------------------------------
@@ -1112,6 +1114,71 @@ CREATE TRIGGER nodes_version BEFORE UPDATE ON df.nodes
 CREATE TRIGGER nodes_version_new BEFORE INSERT ON df.nodes
     FOR EACH ROW WHEN (NEW.resource_version IS NULL) EXECUTE FUNCTION df._bump_version();
 
+
+-- Functions clients call often (status, result, waiting, variables, in_workflow) in PL/pgSQL,
+-- which keeps their plans: a LANGUAGE sql function with a SET clause is planned at every call.
+CREATE OR REPLACE FUNCTION df.status(instance_id text) RETURNS text
+LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN (SELECT i.status FROM df.instances AS i WHERE i.id = status.instance_id);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION df.result(instance_id text) RETURNS text
+LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN (SELECT n.result::text
+              FROM df.instances AS i
+              JOIN df.nodes AS n ON n.instance_id = i.id AND n.id = i.root_node
+             WHERE i.id = result.instance_id AND n.status = 'completed');
+END
+$$;
+
+CREATE OR REPLACE FUNCTION df.in_workflow() RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN df._in_workflow();
+END
+$$;
+
+CREATE OR REPLACE FUNCTION df.getvar(name text) RETURNS text
+LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN (SELECT v.value FROM df.vars AS v
+             WHERE v.owner = pg_catalog.quote_ident(current_user)::regrole AND v.name = getvar.name);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION df._wait_begin_v1() RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM df.waiters AS w
+     WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity AS a WHERE a.pid = w.pid);
+    INSERT INTO df.waiters (pid, backend_start)
+    VALUES (pg_catalog.pg_backend_pid(),
+            (SELECT a.backend_start FROM pg_catalog.pg_stat_activity AS a WHERE a.pid = pg_catalog.pg_backend_pid()))
+    ON CONFLICT (pid) DO UPDATE SET backend_start = EXCLUDED.backend_start, since = pg_catalog.clock_timestamp();
+END
+$$;
+
+CREATE OR REPLACE FUNCTION df._wait_end_v1() RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM df.waiters AS w WHERE w.pid = pg_catalog.pg_backend_pid();
+END
+$$;
 
 REVOKE EXECUTE ON FUNCTION df._snapshot(text[]), df._claim_v2(uuid, integer), df._load_v2(text[]),
     df._nudges_v2(text[]), df._advance_v2(uuid, jsonb) FROM PUBLIC;

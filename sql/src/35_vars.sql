@@ -10,24 +10,30 @@
 -- step's backend pid in df.attempts, which users cannot write (pg_durable's
 -- session setting df.in_workflow can be reset by the step itself).
 CREATE FUNCTION df._in_workflow() RETURNS boolean
-LANGUAGE sql STABLE SECURITY DEFINER
+LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+BEGIN
     -- The backend's start time guards against a pid reused by a later session.  An attempt bound in
     -- the step's own transaction (0.3.0) records no start time: it counts only in that transaction.
-    SELECT EXISTS (
+    RETURN EXISTS (
         SELECT 1 FROM df.attempts AS a
          WHERE a.backend_pid = pg_catalog.pg_backend_pid()
            AND (a.backend_start IS NOT DISTINCT FROM (SELECT s.backend_start FROM pg_catalog.pg_stat_activity AS s
                                                        WHERE s.pid = pg_catalog.pg_backend_pid())
                 OR (a.backend_start IS NULL AND a.bind_hash IS NULL
-                    AND a.xmin = pg_catalog.xid(pg_catalog.pg_current_xact_id_if_assigned()))))
+                    AND a.xmin = pg_catalog.xid(pg_catalog.pg_current_xact_id_if_assigned()))));
+END
 $$;
 
 CREATE FUNCTION df.in_workflow() RETURNS boolean
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT df._in_workflow() $$;
+AS $$
+BEGIN
+    RETURN df._in_workflow();
+END
+$$;
 
 CREATE FUNCTION df.setvar(name text, value text) RETURNS text
 LANGUAGE plpgsql STRICT
@@ -46,11 +52,13 @@ END
 $$;
 
 CREATE FUNCTION df.getvar(name text) RETURNS text
-LANGUAGE sql STABLE STRICT
+LANGUAGE plpgsql STABLE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT v.value FROM df.vars AS v
-     WHERE v.owner = pg_catalog.quote_ident(current_user)::regrole AND v.name = getvar.name
+BEGIN
+    RETURN (SELECT v.value FROM df.vars AS v
+             WHERE v.owner = pg_catalog.quote_ident(current_user)::regrole AND v.name = getvar.name);
+END
 $$;
 
 CREATE FUNCTION df.unsetvar(name text) RETURNS text

@@ -1,22 +1,30 @@
 -- ---------------------------------------------------------------------------
 -- Reads (SECURITY INVOKER: row-level security decides what a role sees) and
 -- the small control functions: status, result, instance_info, list_instances,
--- await_instance, version, target_database, run.
+-- await_instance, version, target_database, run.  The ones clients poll are
+-- PL/pgSQL (0.3.0), whose plans are kept: a LANGUAGE sql function with a SET
+-- clause is planned again at every call.
 -- ---------------------------------------------------------------------------
 
 CREATE FUNCTION df.status(instance_id text) RETURNS text
-LANGUAGE sql STABLE STRICT
-SET search_path = pg_catalog, pg_temp
-AS $$ SELECT i.status FROM df.instances AS i WHERE i.id = status.instance_id $$;
-
-CREATE FUNCTION df.result(instance_id text) RETURNS text
-LANGUAGE sql STABLE STRICT
+LANGUAGE plpgsql STABLE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT n.result::text
-      FROM df.instances AS i
-      JOIN df.nodes AS n ON n.instance_id = i.id AND n.id = i.root_node
-     WHERE i.id = result.instance_id AND n.status = 'completed'
+BEGIN
+    RETURN (SELECT i.status FROM df.instances AS i WHERE i.id = status.instance_id);
+END
+$$;
+
+CREATE FUNCTION df.result(instance_id text) RETURNS text
+LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN (SELECT n.result::text
+              FROM df.instances AS i
+              JOIN df.nodes AS n ON n.instance_id = i.id AND n.id = i.root_node
+             WHERE i.id = result.instance_id AND n.status = 'completed');
+END
 $$;
 
 CREATE FUNCTION df.instance_info(instance_id text)

@@ -135,23 +135,31 @@ $$;
 
 -- Register / unregister the calling session as waiting for instances to
 -- finish (the Python client LISTENs on durable_done meanwhile).  Only ever
--- the caller's own backend, so anyone may call them.
+-- the caller's own backend, so anyone may call them.  PL/pgSQL (0.3.0): as
+-- LANGUAGE sql functions with a SET clause they planned their statements over
+-- pg_stat_activity again at every call (about 2 ms).
 CREATE FUNCTION df._wait_begin_v1() RETURNS void
-LANGUAGE sql VOLATILE SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+BEGIN
     DELETE FROM df.waiters AS w
      WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity AS a WHERE a.pid = w.pid);
     INSERT INTO df.waiters (pid, backend_start)
     VALUES (pg_catalog.pg_backend_pid(),
             (SELECT a.backend_start FROM pg_catalog.pg_stat_activity AS a WHERE a.pid = pg_catalog.pg_backend_pid()))
     ON CONFLICT (pid) DO UPDATE SET backend_start = EXCLUDED.backend_start, since = pg_catalog.clock_timestamp();
+END
 $$;
 
 CREATE FUNCTION df._wait_end_v1() RETURNS void
-LANGUAGE sql VOLATILE SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$ DELETE FROM df.waiters AS w WHERE w.pid = pg_catalog.pg_backend_pid(); $$;
+AS $$
+BEGIN
+    DELETE FROM df.waiters AS w WHERE w.pid = pg_catalog.pg_backend_pid();
+END
+$$;
 
 -- An instance finished: wake waiting clients, if there are any (at most one
 -- NOTIFY per transaction; the payload tells other roles nothing).
