@@ -352,8 +352,10 @@ BEGIN
     RETURN NEW;
 END
 $$;
+-- 0.3.0: the WHEN is the function's own test, so an ordinary change of status costs no call.
 CREATE TRIGGER instances_terminal BEFORE UPDATE OF status ON df.instances
-    FOR EACH ROW EXECUTE FUNCTION df._guard_terminal();
+    FOR EACH ROW WHEN (OLD.status IN ('completed', 'failed', 'cancelled') AND NEW.status IS DISTINCT FROM OLD.status)
+    EXECUTE FUNCTION df._guard_terminal();
 
 -- Stamp who really inserted a ticket.  SECURITY INVOKER on purpose: here
 -- current_user is the inserting role, whatever SET ROLE or definer function
@@ -3474,9 +3476,18 @@ DECLARE
     v_items     jsonb;
     v_versions  jsonb;
     v_results   jsonb;
+    -- What some item asks for (0.3.0): a statement no item needs is not run.
+    v_consume   boolean;
+    v_finish    boolean;
+    v_release   boolean;
 BEGIN
     -- Every statement names the rows it touches by key (= ANY): index scans, whatever the tables hold.
-    SELECT pg_catalog.array_agg(e.value ->> 'id') INTO v_ids FROM pg_catalog.jsonb_array_elements(p_items) AS e;
+    SELECT pg_catalog.array_agg(e.value ->> 'id'),
+           COALESCE(pg_catalog.bool_or(COALESCE(e.value -> 'consume', '[]') <> '[]'), false),
+           COALESCE(pg_catalog.bool_or(e.value ->> 'status' IN ('completed', 'failed')), false),
+           COALESCE(pg_catalog.bool_or(COALESCE((e.value ->> 'release')::boolean, false)), false)
+      INTO v_ids, v_consume, v_finish, v_release
+      FROM pg_catalog.jsonb_array_elements(p_items) AS e;
     -- Leases this worker still holds, locked.
     SELECT COALESCE(pg_catalog.array_agg(x.instance_id), '{}') INTO v_held FROM (
         SELECT q.instance_id FROM df.instance_queue AS q
@@ -3550,10 +3561,12 @@ BEGIN
         SELECT done.instance_id, pg_catalog.jsonb_object_agg(done.id, done.resource_version) AS versions
           FROM done GROUP BY done.instance_id) AS d;
 
-    UPDATE df.signals AS s SET consumed_by = c.node_id, consumed_at = pg_catalog.clock_timestamp()
-      FROM pg_catalog.jsonb_array_elements(v_items) AS e,
-           pg_catalog.jsonb_to_recordset(COALESCE(e.value -> 'consume', '[]')) AS c(signal_id bigint, node_id text)
-     WHERE s.instance_id = ANY (v_ok) AND s.id = c.signal_id AND s.instance_id = e.value ->> 'id';
+    IF v_consume THEN
+        UPDATE df.signals AS s SET consumed_by = c.node_id, consumed_at = pg_catalog.clock_timestamp()
+          FROM pg_catalog.jsonb_array_elements(v_items) AS e,
+               pg_catalog.jsonb_to_recordset(COALESCE(e.value -> 'consume', '[]')) AS c(signal_id bigint, node_id text)
+         WHERE s.instance_id = ANY (v_ok) AND s.id = c.signal_id AND s.instance_id = e.value ->> 'id';
+    END IF;
 
     -- A node the engine changed, ended or starts again has no attempt in flight any more.
     DELETE FROM df.attempts AS a USING (
@@ -3590,22 +3603,28 @@ BEGIN
        AND (e.value ->> 'status' IN ('completed', 'failed') OR i.status = 'pending'
             OR (e.value ->> 'execution_count')::bigint IS DISTINCT FROM i.execution_count
                AND e.value ->> 'execution_count' IS NOT NULL);
-    UPDATE df.instance_queue AS q
-       SET lease_token = NULL, lease_worker = NULL, lease_expires_at = NULL,
-           wake_at = CASE WHEN q.nudges <> (e.value ->> 'nudges')::bigint THEN pg_catalog.clock_timestamp()
-                          ELSE (e.value ->> 'wake_at')::timestamptz END
-      FROM pg_catalog.jsonb_array_elements(v_items) AS e
-     WHERE q.instance_id = ANY (v_ok) AND q.instance_id = e.value ->> 'id'
-       AND COALESCE((e.value ->> 'release')::boolean, false)
-       AND e.value ->> 'status' IS NULL;
-    DELETE FROM df.instance_queue AS q USING pg_catalog.jsonb_array_elements(v_items) AS e
-     WHERE q.instance_id = ANY (v_ok) AND q.instance_id = e.value ->> 'id'
-       AND e.value ->> 'status' IN ('completed', 'failed');
-    DELETE FROM df.attempts AS a USING pg_catalog.jsonb_array_elements(v_items) AS e
-     WHERE a.instance_id = ANY (v_ok) AND a.instance_id = e.value ->> 'id'
-       AND (e.value ->> 'status' IN ('completed', 'failed') OR COALESCE((e.value ->> 'release')::boolean, false));
-    IF EXISTS (SELECT 1 FROM pg_catalog.jsonb_array_elements(v_items) AS e
-                WHERE e.value ->> 'status' IN ('completed', 'failed')) THEN
+    IF v_release THEN
+        UPDATE df.instance_queue AS q
+           SET lease_token = NULL, lease_worker = NULL, lease_expires_at = NULL,
+               wake_at = CASE WHEN q.nudges <> (e.value ->> 'nudges')::bigint THEN pg_catalog.clock_timestamp()
+                              ELSE (e.value ->> 'wake_at')::timestamptz END
+          FROM pg_catalog.jsonb_array_elements(v_items) AS e
+         WHERE q.instance_id = ANY (v_ok) AND q.instance_id = e.value ->> 'id'
+           AND COALESCE((e.value ->> 'release')::boolean, false)
+           AND e.value ->> 'status' IS NULL;
+    END IF;
+    IF v_finish THEN
+        DELETE FROM df.instance_queue AS q USING pg_catalog.jsonb_array_elements(v_items) AS e
+         WHERE q.instance_id = ANY (v_ok) AND q.instance_id = e.value ->> 'id'
+           AND e.value ->> 'status' IN ('completed', 'failed');
+    END IF;
+    IF v_finish OR v_release THEN
+        DELETE FROM df.attempts AS a USING pg_catalog.jsonb_array_elements(v_items) AS e
+         WHERE a.instance_id = ANY (v_ok) AND a.instance_id = e.value ->> 'id'
+           AND (e.value ->> 'status' IN ('completed', 'failed') OR COALESCE((e.value ->> 'release')::boolean, false));
+    END IF;
+    IF v_finish AND EXISTS (SELECT 1 FROM pg_catalog.jsonb_array_elements(v_items) AS e
+                             WHERE e.value ->> 'status' IN ('completed', 'failed')) THEN
         PERFORM df._notify_done();
     END IF;
 

@@ -96,8 +96,10 @@ BEGIN
     RETURN NEW;
 END
 $$;
+-- 0.3.0: the WHEN is the function's own test, so an ordinary change of status costs no call.
 CREATE TRIGGER instances_terminal BEFORE UPDATE OF status ON df.instances
-    FOR EACH ROW EXECUTE FUNCTION df._guard_terminal();
+    FOR EACH ROW WHEN (OLD.status IN ('completed', 'failed', 'cancelled') AND NEW.status IS DISTINCT FROM OLD.status)
+    EXECUTE FUNCTION df._guard_terminal();
 
 -- Stamp who really inserted a ticket.  SECURITY INVOKER on purpose: here
 -- current_user is the inserting role, whatever SET ROLE or definer function

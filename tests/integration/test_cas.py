@@ -254,3 +254,19 @@ def test_the_version_triggers_run_unless_the_statement_bumped_the_version_itself
                    (role,))
         (v_new,) = db.execute("SELECT resource_version FROM df.instances WHERE id = '0000abcd'").fetchone()
         assert v_new is not None and v_new > v0
+
+
+def test_a_finished_instance_never_changes_status_again(alice, db):
+    """The terminal guard (a trigger with a WHEN since 0.3.0) still refuses every way out of a final
+    status, whoever writes, and lets everything else through."""
+    _, conn = alice
+    iid = conn.execute("SELECT df.start('SELECT 1')").fetchone()[0]
+    db.execute("UPDATE df.instances SET status = 'running' WHERE id = %s", (iid,))  # not final: allowed
+    db.execute("UPDATE df.instances SET status = 'failed', output = 'x' WHERE id = %s", (iid,))
+    for status in ("running", "pending", "completed", "cancelled"):
+        with pytest.raises(psycopg.Error) as info, db.transaction():
+            db.execute("UPDATE df.instances SET status = %s WHERE id = %s", (status, iid))
+        assert info.value.sqlstate == "DF008"
+    db.execute("UPDATE df.instances SET status = 'failed', labels = '{\"a\":\"b\"}' WHERE id = %s", (iid,))
+    assert db.execute("SELECT status, labels FROM df.instances WHERE id = %s", (iid,)).fetchone() == (
+        "failed", {"a": "b"})
