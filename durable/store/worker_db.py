@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -78,6 +79,10 @@ def _snapshot(raw: dict[str, Any]) -> Snapshot:
                     uuid.UUID(token) if token else None, int(raw.get("nudges") or 0))
 
 
+def _written(raw: dict[str, Any]) -> tuple[datetime, dict[str, Any]]:
+    return _ts(raw.get("now")) or datetime.now().astimezone(), dict(raw.get("results") or {})
+
+
 def _read(raw: dict[str, Any] | None) -> Read:
     raw = raw or {}
     now = _ts(raw.get("now")) or datetime.now().astimezone()
@@ -140,7 +145,20 @@ class WorkerDB:
 
     def advance_v2(self, worker_id: uuid.UUID, items: list[dict[str, Any]]) -> tuple[datetime, dict[str, Any]]:
         raw = self._one("advance_v2", {"worker_id": worker_id, "items": Jsonb(items)}) or {}
-        return _ts(raw.get("now")) or datetime.now().astimezone(), dict(raw.get("results") or {})
+        return _written(raw)
+
+    def claim_advance_v2(self, worker_id: uuid.UUID, limit: int,
+                         decide: Callable[[Read], list[dict[str, Any]]]) -> tuple[datetime, dict[str, Any]] | None:
+        """Claim, decide (`decide` gets what was claimed and returns the decisions to write) and write,
+        in one transaction: one commit where claim_v2 and advance_v2 make two.  Nothing is claimed
+        unless the decisions are written too."""
+        with wrap_errors(), self.pool.connection() as conn, conn.transaction():
+            row = conn.execute(query("claim_v2"), {"worker_id": worker_id, "limit": limit}).fetchone()
+            items = decide(_read(row[0] if row else None))
+            if not items:
+                return None
+            row = conn.execute(query("advance_v2"), {"worker_id": worker_id, "items": Jsonb(items)}).fetchone()
+            return _written((row[0] if row else None) or {})
 
     # -- the 0.1.0 API (older schemas) -----------------------------------------------------------
     def load(self, instance_id: str) -> Loaded | None:

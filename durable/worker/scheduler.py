@@ -274,6 +274,18 @@ class Scheduler:
         """Decide every instance that moved and send the decisions in one write (in the background)."""
         if self.writes >= MAX_WRITES:
             return
+        items, plans = self._decisions(stopping)
+        if not items:
+            return
+        if self._alone(items):
+            self._written(items, plans, _run_here(self.db.advance_v2, self.worker.worker_id, items))
+            return
+        future = self.io.submit(self.db.advance_v2, self.worker.worker_id, items)
+        future.add_done_callback(lambda f: self._arrived(self.written, (items, plans, f)))
+
+    def _decisions(self, stopping: bool) -> tuple[list[dict[str, Any]], dict[str, list[StepJob]]]:
+        """The decisions of every instance that moved (counted as a write when there are any), and the
+        steps each would start."""
         items: list[dict[str, Any]] = []
         plans: dict[str, list[StepJob]] = {}
         for h in list(self.held.values()):
@@ -284,14 +296,9 @@ class Scheduler:
             if item is not None:
                 h.writing = True
                 items.append(item)
-        if not items:
-            return
-        self.writes += 1
-        if self._alone(items):
-            self._written(items, plans, _run_here(self.db.advance_v2, self.worker.worker_id, items))
-            return
-        future = self.io.submit(self.db.advance_v2, self.worker.worker_id, items)
-        future.add_done_callback(lambda f: self._arrived(self.written, (items, plans, f)))
+        if items:
+            self.writes += 1
+        return items, plans
 
     def _alone(self, items: list[dict[str, Any]]) -> bool:
         """Nothing but this write is going on (no other instance, no step, no write, no claim): the
@@ -501,10 +508,37 @@ class Scheduler:
         self.last_claim = time.monotonic()
         self.claiming, self.claim_asked = True, free
         if not self.held and not self.writes:  # nothing else to do meanwhile: claim on this thread
-            self._claimed(_run_here(self.db.claim_v2, self.worker.worker_id, free))
+            self._claim_and_advance(free)
             return
         future = self.io.submit(self.db.claim_v2, self.worker.worker_id, free)
         future.add_done_callback(lambda f: self._arrived(self.claimed, f))
+
+    def _claim_and_advance(self, free: int) -> None:
+        """Claim, decide what was claimed and write those decisions in one transaction, on this thread:
+        an idle worker's claim is on the way of every new instance, and one commit is saved.  When the
+        transaction fails nothing of it happened: the instances it claimed are not held."""
+        claimed: list[str] = []
+        decided: list[tuple[list[dict[str, Any]], dict[str, list[StepJob]]]] = []
+
+        def decide(read: Read) -> list[dict[str, Any]]:
+            claimed.extend(snap.instance["id"] for snap in read.instances)
+            self._claimed(_run_here(lambda: read))
+            decided.append(self._decisions(stopping=False))
+            return decided[0][0]
+
+        try:
+            written = self.db.claim_advance_v2(self.worker.worker_id, free, decide)
+        except Exception as exc:  # noqa: BLE001 - the database may be restarting: claim again, later
+            self.claiming = False
+            if decided and decided[0][0]:
+                self.writes -= 1
+            for iid in claimed:
+                self.held.pop(iid, None)
+            self._back_off("claim", exc)
+            return
+        if written is not None:
+            items, plans = decided[0]
+            self._written(items, plans, _run_here(lambda: written))
 
     def _poll_interval(self) -> float:
         """The poll interval, shorter right after the worker went idle: a start made in the moment it

@@ -442,3 +442,22 @@ def test_a_sequential_workflow_writes_each_next_decision_in_the_step_commit(alic
     counts = wait_until(calls, 20, "the worker's function counts")
     assert counts == {"_advance_v2": 2, "_checkpoint_next_v1": 6}, counts
     assert effects(alice) == [(1, 2), (2, 2)]
+
+
+def test_an_idle_worker_claims_and_writes_the_first_decision_in_one_transaction(alice, start_worker, db):
+    """The claim (the queue row's lease) and the first decision (the instance running, its step's node
+    and attempt) commit together: one commit on the way of every new instance, not two.  Seen while
+    the step runs: the rows carry the same transaction id."""
+    start_worker()
+    iid = start(alice, "'SELECT pg_sleep(3)'")
+    wait_until(lambda: node_status(db, iid, "SQL") == ["running"], 20, "the step to start")
+    rows = db.execute(
+        "SELECT (SELECT q.xmin::text FROM df.instance_queue AS q WHERE q.instance_id = %(id)s), "
+        "       (SELECT i.xmin::text FROM df.instances AS i WHERE i.id = %(id)s), "
+        "       (SELECT a.lease_token = q.lease_token FROM df.attempts AS a JOIN df.instance_queue AS q "
+        "          ON q.instance_id = a.instance_id WHERE a.instance_id = %(id)s)", {"id": iid}).fetchone()
+    assert rows is not None
+    queue_xmin, instance_xmin, same_lease = rows
+    assert same_lease is True
+    assert queue_xmin == instance_xmin
+    assert await_instance(alice, iid, 30) == "completed"
