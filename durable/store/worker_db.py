@@ -147,14 +147,15 @@ class WorkerDB:
         raw = self._one("advance_v2", {"worker_id": worker_id, "items": Jsonb(items)}) or {}
         return _written(raw)
 
-    def claim_advance_v2(self, worker_id: uuid.UUID, limit: int,
-                         decide: Callable[[Read], list[dict[str, Any]]]) -> tuple[datetime, dict[str, Any]] | None:
-        """Claim, decide (`decide` gets what was claimed and returns the decisions to write) and write,
-        in one transaction: one commit where claim_v2 and advance_v2 make two.  Nothing is claimed
-        unless the decisions are written too."""
+    def claim_advance_v2(self, worker_id: uuid.UUID, limit: int, claimed: Callable[[Read], None],
+                         decide: Callable[[], list[dict[str, Any]]]) -> tuple[datetime, dict[str, Any]] | None:
+        """Claim (`claimed` gets what was claimed), decide (`decide` returns the decisions to write) and
+        write, in one transaction: one commit where claim_v2 and advance_v2 make two.  Whatever fails
+        rolls the claim back with the decisions."""
         with wrap_errors(), self.pool.connection() as conn, conn.transaction():
             row = conn.execute(query("claim_v2"), {"worker_id": worker_id, "limit": limit}).fetchone()
-            items = decide(_read(row[0] if row else None))
+            claimed(_read(row[0] if row else None))
+            items = decide()
             if not items:
                 return None
             row = conn.execute(query("advance_v2"), {"worker_id": worker_id, "items": Jsonb(items)}).fetchone()

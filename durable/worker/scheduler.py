@@ -42,6 +42,7 @@ MAX_CONFLICT_RETRIES = 5
 # A timer due sooner than this is waited for while holding the instance.
 HOLD_HORIZON = timedelta(seconds=2)
 NUDGE_POLL_SECONDS = 0.25
+COMBINE_PAUSE_SECONDS = 60  # after a failed claim-and-write, claims and writes commit apart this long
 MAX_WRITES = 3  # decisions written at once, each for many instances
 TERMINAL = ("completed", "failed", "cancelled")
 RETRY_DELAY = timedelta(seconds=1)
@@ -69,6 +70,7 @@ class Held:
     writing: bool = False                            # a write of its decision is in flight
     structure: dict[str, Any] | None = None          # the engine's nodes (they never change)
     nudges_at: float = 0.0                           # monotonic time `nudges` was read
+    unsure: bool = False                             # claimed by a transaction that may have rolled back
 
     @property
     def pending(self) -> bool:
@@ -100,6 +102,7 @@ class Scheduler:
         self._settings_seen: Any = None
         self._settings: Any = None
         self.backoff = 0.0
+        self.combine_after = 0.0                     # monotonic time from which claims write decisions too
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> None:
@@ -240,13 +243,13 @@ class Scheduler:
         for h in held:
             snap = found.get(h.iid)
             if snap is None or snap.lease_token != h.token:
-                if snap is not None and snap.instance["status"] not in TERMINAL:
+                if snap is not None and snap.instance["status"] not in TERMINAL and not h.unsure:
                     log.warning("instance %s: lease lost, another worker took over", h.iid)
                 self._drop(h)
                 continue
             h.snap, h.nudges, h.now, h.read_at = snap, snap.nudges, read.now, time.monotonic()
             h.nudges_at = h.read_at
-            h.reload, h.dirty = False, True
+            h.reload, h.dirty, h.unsure = False, True, False
 
     # -- deciding and writing ---------------------------------------------------------------------
     def _engine_settings(self) -> Any:
@@ -508,34 +511,48 @@ class Scheduler:
         self.last_claim = time.monotonic()
         self.claiming, self.claim_asked = True, free
         if not self.held and not self.writes:  # nothing else to do meanwhile: claim on this thread
-            self._claim_and_advance(free)
+            if time.monotonic() >= self.combine_after:
+                self._claim_and_advance(free)
+            else:
+                self._claimed(_run_here(self.db.claim_v2, self.worker.worker_id, free))
             return
         future = self.io.submit(self.db.claim_v2, self.worker.worker_id, free)
         future.add_done_callback(lambda f: self._arrived(self.claimed, f))
 
     def _claim_and_advance(self, free: int) -> None:
         """Claim, decide what was claimed and write those decisions in one transaction, on this thread:
-        an idle worker's claim is on the way of every new instance, and one commit is saved.  When the
-        transaction fails nothing of it happened: the instances it claimed are not held."""
+        an idle worker's claim is on the way of every new instance, and one commit is saved."""
         claimed: list[str] = []
         decided: list[tuple[list[dict[str, Any]], dict[str, list[StepJob]]]] = []
+        stopping = self.worker.stopping.is_set()
 
-        def decide(read: Read) -> list[dict[str, Any]]:
+        def hold(read: Read) -> None:
             claimed.extend(snap.instance["id"] for snap in read.instances)
-            self._claimed(_run_here(lambda: read))
-            decided.append(self._decisions(stopping=False))
+            self._claimed(_run_here(lambda: read), fault=False)
+
+        def decide() -> list[dict[str, Any]]:
+            decided.append(self._decisions(stopping))
             return decided[0][0]
 
         try:
-            written = self.db.claim_advance_v2(self.worker.worker_id, free, decide)
-        except Exception as exc:  # noqa: BLE001 - the database may be restarting: claim again, later
+            written = self.db.claim_advance_v2(self.worker.worker_id, free, hold, decide)
+        except Exception as exc:  # noqa: BLE001 - the database may be restarting: read again, later
+            # The claim rolled back with the decisions, unless the connection was lost in COMMIT:
+            # reading the instances again keeps those this worker holds and lets go of the others.
+            # Claims go the two-transaction way for a while, so that an instance whose decision
+            # cannot be written is held (and fails there) instead of failing every idle claim.
+            self.combine_after = time.monotonic() + COMBINE_PAUSE_SECONDS
             self.claiming = False
             if decided and decided[0][0]:
                 self.writes -= 1
             for iid in claimed:
-                self.held.pop(iid, None)
+                h = self.held.get(iid)
+                if h is not None:
+                    h.writing, h.reload, h.unsure = False, True, True
             self._back_off("claim", exc)
             return
+        for _ in claimed:
+            self.worker.fault("after_claim")
         if written is not None:
             items, plans = decided[0]
             self._written(items, plans, _run_here(lambda: written))
@@ -551,7 +568,7 @@ class Scheduler:
         idle_for = time.monotonic() - self.idle_since
         return min(self.worker.poll_interval, max(0.05, idle_for))
 
-    def _claimed(self, future: Future[Read]) -> None:
+    def _claimed(self, future: Future[Read], *, fault: bool = True) -> None:
         self.claiming = False
         try:
             read = future.result()
@@ -562,7 +579,8 @@ class Scheduler:
         if read.settings is not None:
             self.worker.settings = read.settings
         for snap in read.instances:
-            self.worker.fault("after_claim")
+            if fault:
+                self.worker.fault("after_claim")
             iid = snap.instance["id"]
             now = time.monotonic()
             self.held[iid] = Held(iid, snap.lease_token, snap.nudges, snap, now, read.now, nudges_at=now)

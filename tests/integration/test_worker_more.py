@@ -447,7 +447,9 @@ def test_a_sequential_workflow_writes_each_next_decision_in_the_step_commit(alic
 def test_an_idle_worker_claims_and_writes_the_first_decision_in_one_transaction(alice, start_worker, db):
     """The claim (the queue row's lease) and the first decision (the instance running, its step's node
     and attempt) commit together: one commit on the way of every new instance, not two.  Seen while
-    the step runs: the rows carry the same transaction id."""
+    the step runs: the rows carry the same transaction id (a lease long enough that no heartbeat
+    renews the queue row meanwhile)."""
+    db.execute("UPDATE df.settings SET value = '60' WHERE key = 'lease_seconds'")
     start_worker()
     iid = start(alice, "'SELECT pg_sleep(3)'")
     wait_until(lambda: node_status(db, iid, "SQL") == ["running"], 20, "the step to start")
@@ -461,3 +463,22 @@ def test_an_idle_worker_claims_and_writes_the_first_decision_in_one_transaction(
     assert same_lease is True
     assert queue_xmin == instance_xmin
     assert await_instance(alice, iid, 30) == "completed"
+
+
+def test_a_failed_first_write_does_not_lose_the_claimed_instance(alice, start_worker, db):
+    """The first decisions are written in the claim's transaction: when that write fails (here a
+    trigger refuses the first attempt row, once), the claim rolls back with it, the worker claims again
+    (claim and write apart for a while) and the step runs once."""
+    db.execute("CREATE SEQUENCE public.fail_once")
+    db.execute("GRANT USAGE ON SEQUENCE public.fail_once TO PUBLIC")  # the trigger runs as the engine's owner
+    db.execute("""CREATE FUNCTION public.fail_once() RETURNS trigger LANGUAGE plpgsql AS $$
+                  BEGIN
+                      IF nextval('public.fail_once') = 1 THEN RAISE EXCEPTION 'injected'; END IF;
+                      RETURN NEW;
+                  END $$""")
+    db.execute("CREATE TRIGGER fail_once BEFORE INSERT ON df.attempts FOR EACH ROW EXECUTE FUNCTION public.fail_once()")
+    start_worker()
+    iid = start(alice, "'INSERT INTO public.effects VALUES (1)'")
+    assert await_instance(alice, iid, 30) == "completed"
+    assert effects(alice) == [(1, 1)]
+    assert db.execute("SELECT last_value >= 2 FROM public.fail_once").fetchone() == (True,)
