@@ -1617,8 +1617,8 @@ DECLARE
     v_caller    regrole;
     v_refusal   text;
     v_base      bigint := (pg_catalog.random() * 4294967296)::bigint % 4294967296;
-    v_space     bigint;
-    v_attempts  integer;
+    v_space     bigint := COALESCE(df._setting('id_space')::bigint, 4294967296);
+    v_attempts  integer := COALESCE(df._setting('max_id_attempts')::integer, 10);
     v_version   bigint;
     v_id        varchar(8);
     v_try       integer;
@@ -1644,16 +1644,8 @@ BEGIN
 
     -- Claim an id: insert-on-conflict-do-nothing, re-rolled on collision.
     -- Every row of the instance starts at one version (0.3.0: the rows'
-    -- version trigger then has nothing to do; one clock read, not one per row).
-    -- Node ids: a random base walked by an odd multiplier modulo 2^32 is a
-    -- bijection, so the ids of one instance are distinct and look random.
-    -- Node k (pre-order, from 1; the root is 1) is
-    -- lpad(to_hex((base + k * 2654435761) % 2^32), 8, '0'), written out
-    -- below: a function call per id cost more than the rest of the row.
-    SELECT COALESCE(pg_catalog.max(s.value) FILTER (WHERE s.key = 'id_space'), '4294967296')::bigint,
-           COALESCE(pg_catalog.max(s.value) FILTER (WHERE s.key = 'max_id_attempts'), '10')::integer
-      INTO v_space, v_attempts
-      FROM df.settings AS s WHERE s.key IN ('id_space', 'max_id_attempts');
+    -- version trigger then has nothing to do; one clock read, not one per
+    -- row).  The root is node 1 (ids below).
     v_version := df._initial_version();
     FOR v_try IN 1 .. v_attempts LOOP
         v_id := pg_catalog.lpad(pg_catalog.to_hex(((pg_catalog.random() * v_space)::bigint % v_space)), 8, '0');
@@ -1678,7 +1670,11 @@ BEGIN
     -- its rows (0.3.0: no pass to collect them first); an invalid graph
     -- raises there, and the caller's transaction loses the instance row too.
     -- No temp table anywhere: a caller could plant one with a trigger that
-    -- would run as the owner.
+    -- would run as the owner.  Node ids: a random base walked by an odd
+    -- multiplier modulo 2^32 is a bijection, so the ids of one instance are
+    -- distinct and look random.  Node k (pre-order, from 1) is
+    -- lpad(to_hex((base + k * 2654435761) % 2^32), 8, '0'), written out: a
+    -- function call per id cost more than the rest of the row.
     INSERT INTO df.nodes (id, instance_id, node_type, query, result_name, left_node, right_node,
                           submitted_by, database, parent_id, slot, resource_version)
     SELECT pg_catalog.lpad(pg_catalog.to_hex((v_base + f.ord::bigint * 2654435761) % 4294967296), 8, '0'),

@@ -523,7 +523,8 @@ class Scheduler:
         """Claim, decide what was claimed and write those decisions in one transaction, on this thread:
         an idle worker's claim is on the way of every new instance, and one commit is saved."""
         claimed: list[str] = []
-        decided: list[tuple[list[dict[str, Any]], dict[str, list[StepJob]]]] = []
+        items: list[dict[str, Any]] = []
+        plans: dict[str, list[StepJob]] = {}
         stopping = self.worker.stopping.is_set()
 
         def hold(read: Read) -> None:
@@ -531,8 +532,9 @@ class Scheduler:
             self._claimed(_run_here(lambda: read), fault=False)
 
         def decide() -> list[dict[str, Any]]:
-            decided.append(self._decisions(stopping))
-            return decided[0][0]
+            nonlocal items, plans
+            items, plans = self._decisions(stopping)
+            return items
 
         try:
             written = self.db.claim_advance_v2(self.worker.worker_id, free, hold, decide)
@@ -543,7 +545,7 @@ class Scheduler:
             # cannot be written is held (and fails there) instead of failing every idle claim.
             self.combine_after = time.monotonic() + COMBINE_PAUSE_SECONDS
             self.claiming = False
-            if decided and decided[0][0]:
+            if items:
                 self.writes -= 1
             for iid in claimed:
                 h = self.held.get(iid)
@@ -554,7 +556,6 @@ class Scheduler:
         for _ in claimed:
             self.worker.fault("after_claim")
         if written is not None:
-            items, plans = decided[0]
             self._written(items, plans, _run_here(lambda: written))
 
     def _poll_interval(self) -> float:
