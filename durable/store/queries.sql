@@ -131,11 +131,11 @@ SELECT df._advance_v2(%(worker_id)s, %(items)s)
 -- On the submitter's connection, first in the step's transaction: step_prepare and bind in one statement.
 SELECT pg_catalog.set_config('statement_timeout', %(timeout)s, true), pg_catalog.pg_current_xact_id(),
        pg_catalog.set_config('standard_conforming_strings', 'on', true),
-       df._bind_v1(%(instance_ids)s, %(node_ids)s, %(secrets)s, %(autocommit)s)
+       df._bind_v1(%(instance_ids)b, %(node_ids)b, %(secrets)b, %(autocommit)s)
 
 -- name: bind --
 -- On the submitter's connection, first in a step's transaction: bind the attempts to this backend.
-SELECT df._bind_v1(%(instance_ids)s, %(node_ids)s, %(secrets)s, %(autocommit)s)
+SELECT df._bind_v1(%(instance_ids)b, %(node_ids)b, %(secrets)b, %(autocommit)s)
 
 -- name: step_reset --
 -- On the submitter's connection, before each later step of a batch: nothing the step before left in
@@ -144,10 +144,16 @@ SELECT df._step_reset_v1(%(timeout)s)
 
 -- name: checkpoint_v2 --
 -- Record the results of the transaction's steps, all or none (secret-checked, 0.3.0).
-SELECT df._checkpoint_v2(%(xid)s, %(instance_ids)s, %(node_ids)s, %(secrets)s, %(results)s, %(details)s,
-                         %(versions)s)
+SELECT df._checkpoint_v2(%(xid)s, %(instance_ids)b, %(node_ids)b, %(secrets)b, %(results)b, %(details)b,
+                         %(versions)b)
 
 -- name: checkpoint_next --
 -- Record one step's result and the decision that follows it (the default mode, 0.3.0).
 SELECT df._checkpoint_next_v1(%(xid)s, %(instance_id)s, %(node_id)s, %(secret)s, %(result)s, %(details)s,
                               %(version)s, %(next)s)
+
+-- name: checkpoint_next_batch --
+-- Record the results of the transaction's steps, all or none, and the decisions that follow them
+-- (the batched mode, 0.3.0).
+SELECT df._checkpoint_next_v2(%(xid)s, %(instance_ids)b, %(node_ids)b, %(secrets)b, %(results)b, %(details)b,
+                              %(versions)b, %(nexts)b)

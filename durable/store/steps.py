@@ -72,8 +72,9 @@ class StepResult:
 
 @dataclass
 class Folded:
-    """The decision that followed a step, written with its checkpoint (df._checkpoint_next_v1): what
-    was written, the steps it started and what the database returned (status, node versions, now)."""
+    """The decision that followed a step, written with its checkpoint (df._checkpoint_next_v1; a
+    batch's, df._checkpoint_next_v2): what was written, the steps it started and what the database
+    returned (status, node versions, now)."""
 
     item: dict[str, Any]
     jobs: list[StepJob]
@@ -129,13 +130,18 @@ class StepJob:
     secret: str = field(default_factory=_token, repr=False)
     # The default mode: from the step's result, the decision that follows it (what to write with the
     # checkpoint and the steps it starts), or None to leave it to the scheduler.
-    then: Callable[[str], tuple[dict[str, Any], list[StepJob]] | None] | None = field(default=None, repr=False)
+    then: Callable[[str], Then] | None = field(default=None, repr=False)
 
     def attempt(self) -> dict[str, str]:
         return {"node_id": self.node_id, "bind_hash": _hash(self.bind_secret), "secret_hash": _hash(self.secret)}
 
 
-def _then(job: StepJob, result_text: str) -> tuple[dict[str, Any], list[StepJob]] | None:
+# The decision that follows a step, made from its result: what to write with the checkpoint and the
+# steps it starts (None: the scheduler decides).
+Then = tuple[dict[str, Any], list[StepJob]] | None
+
+
+def _then(job: StepJob, result_text: str) -> Then:
     """The decision that follows the job's step, if the scheduler gave it a way to make one."""
     then, job.then = job.then, None  # used once
     if then is None:
@@ -320,54 +326,53 @@ class StepRunner:
                 return self._single_on_its_own(conn, job, timeout_ms)
             return _classify(exc)
         self.fault("after_statement")
-        return self._commit(conn, [job], [result_text], xid, _then(job, result_text))
+        return self._commit(conn, [job], [result_text], xid, [_then(job, result_text)])[0]
 
     def _commit(self, conn: psycopg.Connection[Any], jobs: list[StepJob], texts: list[str], xid: str,
-                then: tuple[dict[str, Any], list[StepJob]] | None = None) -> StepResult:
-        """Fire deferred constraints, guard the session, checkpoint every job (one job: with the decision
-        that follows it, `then`) and commit: one round trip.  The result says how it went for all of
-        them; the versions land in the jobs."""
+                thens: list[Then] | None = None) -> list[StepResult]:
+        """Fire deferred constraints, guard the session, checkpoint every job, with the decisions that
+        follow them where `thens` has one, and commit: one round trip.  One result per job: all
+        completed (with the decisions written, where they were), or all the same failure; the
+        versions land in the jobs."""
+        thens = thens or [None] * len(jobs)
         constraints: psycopg.Cursor[Any] | None = None
         checkpoint: psycopg.Cursor[Any] | None = None
-        written: dict[str, Any] | None = None
+        params: dict[str, Any] = {"xid": xid}
+        if len(jobs) == 1 and thens[0] is not None:
+            name = "checkpoint_next"
+            params.update(instance_id=jobs[0].instance_id, node_id=jobs[0].node_id, secret=jobs[0].secret,
+                          result=texts[0], details=Jsonb(jobs[0].details), version=Int8(jobs[0].version),
+                          next=Jsonb(thens[0][0]))
+        else:
+            name = "checkpoint_v2" if all(t is None for t in thens) else "checkpoint_next_batch"
+            params.update(instance_ids=[j.instance_id for j in jobs], node_ids=[j.node_id for j in jobs],
+                          secrets=[j.secret for j in jobs], results=texts, details=[Jsonb(j.details) for j in jobs],
+                          versions=[Int8(j.version) for j in jobs])
+            if name == "checkpoint_next_batch":
+                params["nexts"] = [None if t is None else Jsonb(t[0]) for t in thens]
         try:
             with conn.pipeline():
                 constraints = conn.execute(query("step_constraints"))
                 conn.execute(query("step_guard"))
-                if then is None:
-                    checkpoint = conn.execute(query("checkpoint_v2"), {
-                        "xid": xid, "instance_ids": [j.instance_id for j in jobs],
-                        "node_ids": [j.node_id for j in jobs], "secrets": [j.secret for j in jobs],
-                        "results": texts, "details": [Jsonb(j.details) for j in jobs],
-                        "versions": [Int8(j.version) for j in jobs]})
-                else:
-                    (job,) = jobs
-                    checkpoint = conn.execute(query("checkpoint_next"), {
-                        "xid": xid, "instance_id": job.instance_id, "node_id": job.node_id, "secret": job.secret,
-                        "result": texts[0], "details": Jsonb(job.details), "version": Int8(job.version),
-                        "next": Jsonb(then[0])})
+                checkpoint = conn.execute(query(name), params)
                 conn.commit()
-            versions = _row(checkpoint)[0]
-            if then is not None:
-                versions, written = versions["versions"], versions["next"]
+            out = _row(checkpoint)[0]
         except BaseException as exc:
             _rollback(conn)
-            if constraints is not None and not _ran(constraints):
-                return _classify(exc)  # the step's own deferred constraint or trigger
-            if isinstance(exc, pg_errors.Error) and exc.sqlstate == "DF014":
-                message = exc.diag.message_primary or ""
-                if message.endswith("the step ended its transaction"):
-                    return StepResult(Outcome.FAILED, message="the step ended its transaction")
-                return StepResult(Outcome.STALE, message=message)
-            if isinstance(exc, pg_errors.Error) and exc.sqlstate in _CHECKPOINT_RETRIABLE:
-                # The checkpoint's own locks (a deadlock, a lock timeout): not the step's failure.
-                return StepResult(Outcome.RETRY, message=exc.diag.message_primary)
-            return _classify(exc)
+            failure = _commit_failure(exc, constraints)
+            return [failure] * len(jobs)
+        if name == "checkpoint_v2":
+            versions, written = out, [None] * len(jobs)
+        elif name == "checkpoint_next":
+            versions, written = out["versions"], [out["next"]]
+        else:
+            versions, written = out["versions"], out["next"]
         for job, version in zip(jobs, versions, strict=True):
             job.version = int(version)
         self.fault("after_commit")
-        folded = Folded(then[0], then[1], written) if then is not None and written is not None else None
-        return StepResult(Outcome.COMPLETED, version=int(versions[0]), result_text=texts[0], folded=folded)
+        return [StepResult(Outcome.COMPLETED, version=job.version, result_text=text,
+                           folded=None if then is None or w is None else Folded(then[0], then[1], w))
+                for job, text, then, w in zip(jobs, texts, thens, written, strict=True)]
 
     def _single_on_its_own(self, conn: psycopg.Connection[Any], job: StepJob, timeout_ms: int) -> StepResult:
         """A statement that cannot run in a transaction block: bound and run in autocommit
@@ -391,7 +396,7 @@ class StepRunner:
         except BaseException as exc:
             _rollback(conn)
             return _classify(exc)
-        return self._commit(conn, [job], [result_text], xid)
+        return self._commit(conn, [job], [result_text], xid)[0]
 
     def _remote(self, conn: psycopg.Connection[Any], job: StepJob, timeout_ms: int) -> StepResult:
         """A step in another database: at-least-once (run, then recorded under the lease)."""
@@ -449,10 +454,9 @@ class StepRunner:
                 job.handle.attach(None)
             return done + self._batch_with_savepoints(conn, live, timeout_ms)
         self.fault("after_statement")
-        outcome = self._commit(conn, live, texts, xid)
-        if outcome.outcome is Outcome.COMPLETED:
-            return done + [(j, StepResult(Outcome.COMPLETED, result_text=t, version=j.version))
-                           for j, t in zip(live, texts, strict=True)]
+        outcomes = self._commit(conn, live, texts, xid, [_then(j, t) for j, t in zip(live, texts, strict=True)])
+        if outcomes[0].outcome is Outcome.COMPLETED:
+            return done + list(zip(live, outcomes, strict=True))
         return done + [(j, self._single(conn, j, timeout_ms)) for j in live]
 
     def _between_steps(self, conn: psycopg.Connection[Any], timeout: dict[str, str]) -> None:
@@ -506,9 +510,10 @@ class StepRunner:
         out = list(failed)
         if kept:
             self.fault("after_statement")
-            outcome = self._commit(conn, [j for j, _ in kept], [t for _, t in kept], xid)
-            if outcome.outcome is Outcome.COMPLETED:
-                out += [(j, StepResult(Outcome.COMPLETED, result_text=t, version=j.version)) for j, t in kept]
+            outcomes = self._commit(conn, [j for j, _ in kept], [t for _, t in kept], xid,
+                                    [_then(j, t) for j, t in kept])
+            if outcomes[0].outcome is Outcome.COMPLETED:
+                out += [(j, o) for (j, _), o in zip(kept, outcomes, strict=True)]
             else:
                 out += [(j, self._single(conn, j, timeout_ms)) for j, _ in kept]
         else:
@@ -633,6 +638,21 @@ class _StepEscaped(Exception):
 
 class _Fenced(Exception):
     """Our own checkpoint was refused: the lease or the instance is gone."""
+
+
+def _commit_failure(exc: BaseException, constraints: psycopg.Cursor[Any] | None) -> StepResult:
+    """What a failed checkpoint and commit mean for its steps."""
+    if constraints is not None and not _ran(constraints):
+        return _classify(exc)  # the step's own deferred constraint or trigger
+    if isinstance(exc, pg_errors.Error) and exc.sqlstate == "DF014":
+        message = exc.diag.message_primary or ""
+        if message.endswith("the step ended its transaction"):
+            return StepResult(Outcome.FAILED, message="the step ended its transaction")
+        return StepResult(Outcome.STALE, message=message)
+    if isinstance(exc, pg_errors.Error) and exc.sqlstate in _CHECKPOINT_RETRIABLE:
+        # The checkpoint's own locks (a deadlock, a lock timeout): not the step's failure.
+        return StepResult(Outcome.RETRY, message=exc.diag.message_primary)
+    return _classify(exc)
 
 
 def _row(cur: psycopg.Cursor[Any]) -> Any:

@@ -168,15 +168,19 @@ class Scheduler:
             self._claimed(self.claimed.popleft())
         while self.written:
             self._written(*self.written.popleft())
+        started: list[StepJob] = []  # by the decisions written with the steps: dispatched together
         while self.done:
             for job, result in self.done.popleft():
                 h = self.held.get(job.instance_id)
                 if h is None or h.inflight.get(job.node_id) is not job:
                     continue
                 del h.inflight[job.node_id]
-                self._step_done(h, job, result)
+                started += self._step_done(h, job, result)
+        if started:
+            self._dispatch(started)
 
-    def _step_done(self, h: Held, job: StepJob, result: StepResult) -> None:
+    def _step_done(self, h: Held, job: StepJob, result: StepResult) -> list[StepJob]:
+        """Take in a step's outcome; returns the steps the decision written with it started."""
         outcome = result.outcome
         if outcome is Outcome.COMPLETED:
             node = h.snap.nodes.get(job.node_id)
@@ -184,10 +188,9 @@ class Scheduler:
                 node.update(status="completed", result_text=result.result_text, wake_at=None,
                             status_details=job.details, resource_version=result.version)
             if result.folded is not None:
-                self._folded(h, result.folded)
-            else:
-                h.dirty = True
-            return
+                return self._folded(h, result.folded)
+            h.dirty = True
+            return []
         h.dirty = True
         h.ended.add(job.node_id)
         if job.handle.cancelled or outcome in (Outcome.STALE, Outcome.LEASE_LOST):
@@ -199,18 +202,19 @@ class Scheduler:
             h.fail_instance = result.message or "the submitter may not run steps"
         else:
             h.fails.append((job.node_id, result.message or "step failed"))
+        return []
 
-    def _folded(self, h: Held, folded: Folded) -> None:
-        """Take in the decision a step's transaction wrote after it, and start the steps it started."""
+    def _folded(self, h: Held, folded: Folded) -> list[StepJob]:
+        """Take in the decision a step's transaction wrote after it; returns the steps it started."""
         if h.writing or h.pending or self.worker.stopping.is_set():
             # Another write or read of the instance is under way, so what it holds is no longer certain,
             # something else is pending for it, or the worker is stopping and gives the instance back:
             # read it again and decide.
             h.reload = h.dirty = True
-            return
+            return []
         written = folded.written
         now = datetime.fromisoformat(written["now"])
-        self._dispatch(self._applied(h, {**folded.item, "id": h.iid}, written, now, folded.jobs))
+        return self._applied(h, {**folded.item, "id": h.iid}, written, now, folded.jobs)
 
     def _poll_nudges(self) -> None:
         nudged = self.worker.nudge_seq != self.nudge_seq

@@ -915,6 +915,226 @@ BEGIN
 END
 $$;
 
+-- The batched mode's checkpoint with the decisions that follow its steps
+-- (0.3.0): df._checkpoint_v2 for every step of the transaction (all or
+-- none: any step that does not check out refuses the whole checkpoint), and
+-- for each step whose p_nexts entry is not NULL, the engine's next decision
+-- for its instance in the shape df._checkpoint_next_v1 takes ({"updates",
+-- "attempts", "status", "output"}).  A decision is written only for an
+-- instance named once in the batch, that only starts the next steps or ends
+-- the instance (never touching the step's own node), when every node it
+-- updates is still at the version the worker read and the submitter may
+-- still start steps; otherwise its entry in "next" is NULL and the worker
+-- writes it itself.  A caller that does not hold every attempt is refused
+-- before any lock is taken; then it locks in the worker's order (queue rows,
+-- instance rows, nodes in (instance, id) order).  Returns {"versions": [the
+-- step nodes' new versions, in argument order], "next": [per step: NULL |
+-- {"status", "versions": {node id: new version}, "now"}]}.
+CREATE FUNCTION df._checkpoint_next_v2(p_xid text, p_instance_ids text[], p_node_ids text[], p_secrets text[],
+                                       p_results text[], p_details jsonb[], p_versions bigint[], p_nexts jsonb[])
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    v_n        integer := pg_catalog.cardinality(p_instance_ids);
+    v_count    integer;
+    v_refused  boolean;
+    v_items    jsonb;      -- [{"id", "next"}]: the decisions to write
+    v_matched  jsonb;      -- instance id -> how many of its decision's nodes are at the expected version
+    v_own      bigint[];
+    v_written  jsonb;      -- instance id -> {node id: new version}, for the decisions' nodes
+    v_ended    text[];
+    v_now      timestamptz;
+BEGIN
+    IF pg_catalog.pg_current_xact_id()::text IS DISTINCT FROM p_xid THEN
+        RAISE EXCEPTION 'durable: checkpoint refused: the step ended its transaction' USING ERRCODE = 'DF014';
+    END IF;
+    IF v_n IS NULL OR v_n = 0
+       OR pg_catalog.cardinality(p_node_ids) IS DISTINCT FROM v_n OR pg_catalog.cardinality(p_secrets) IS DISTINCT FROM v_n
+       OR pg_catalog.cardinality(p_results) IS DISTINCT FROM v_n OR pg_catalog.cardinality(p_details) IS DISTINCT FROM v_n
+       OR pg_catalog.cardinality(p_versions) IS DISTINCT FROM v_n OR pg_catalog.cardinality(p_nexts) IS DISTINCT FROM v_n THEN
+        RAISE EXCEPTION 'durable: checkpoint refused: the arguments do not line up' USING ERRCODE = 'DF014';
+    END IF;
+    -- Nobody but the holder of every attempt gets to wait for (or hold) the instances' locks.
+    SELECT pg_catalog.count(*) INTO v_count
+      FROM ROWS FROM (pg_catalog.unnest(p_instance_ids), pg_catalog.unnest(p_node_ids),
+                      pg_catalog.unnest(p_secrets)) AS x(instance_id, node_id, secret)
+      JOIN df.attempts AS a ON a.instance_id = x.instance_id AND a.node_id = x.node_id
+     WHERE a.instance_id = ANY (p_instance_ids)
+       AND a.secret_hash = pg_catalog.sha256(pg_catalog.convert_to(x.secret, 'UTF8'))
+       AND a.backend_pid = pg_catalog.pg_backend_pid();
+    IF v_count IS DISTINCT FROM v_n THEN
+        RAISE EXCEPTION 'durable: checkpoint refused' USING ERRCODE = 'DF014';
+    END IF;
+    PERFORM 1 FROM df.instance_queue AS q WHERE q.instance_id = ANY (p_instance_ids)
+      ORDER BY q.instance_id FOR UPDATE;
+    PERFORM 1 FROM df.instances AS i WHERE i.id = ANY (p_instance_ids) ORDER BY i.id FOR UPDATE;
+    -- Deleting the attempts checks them: each must match its secret, this backend and a live lease
+    -- of a running instance of this session's role.
+    WITH c AS MATERIALIZED (
+        SELECT x.instance_id, x.node_id, pg_catalog.sha256(pg_catalog.convert_to(x.secret, 'UTF8')) AS hash
+          FROM ROWS FROM (pg_catalog.unnest(p_instance_ids), pg_catalog.unnest(p_node_ids),
+                          pg_catalog.unnest(p_secrets)) AS x(instance_id, node_id, secret)
+    )
+    DELETE FROM df.attempts AS a
+     USING c, df.instance_queue AS q, df.instances AS i
+     WHERE a.instance_id = ANY (p_instance_ids) AND q.instance_id = ANY (p_instance_ids)
+       AND i.id = ANY (p_instance_ids)
+       AND a.instance_id = c.instance_id AND a.node_id = c.node_id
+       AND a.secret_hash = c.hash
+       AND a.backend_pid = pg_catalog.pg_backend_pid()
+       AND q.instance_id = a.instance_id AND q.lease_token = a.lease_token
+       AND q.lease_expires_at > pg_catalog.clock_timestamp()
+       AND i.id = a.instance_id AND i.status IN ('pending', 'running')
+       -- Not an index condition (see df._bind_v1): the instances are found by id.
+       AND i.submitted_by IS NOT DISTINCT FROM pg_catalog.quote_ident(session_user)::regrole;
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    IF v_count IS DISTINCT FROM v_n THEN
+        RAISE EXCEPTION 'durable: checkpoint refused' USING ERRCODE = 'DF014';
+    END IF;
+
+    -- The decisions that may be written: only the instance's end or the next steps' start, never a
+    -- step's own node, one per instance named once; a step starts only if the submitter may still
+    -- start steps (one submitter: this session's role, checked above).
+    SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('id', x.instance_id, 'next', x.nxt))
+      INTO v_items
+      FROM (SELECT y.*, pg_catalog.count(*) OVER (PARTITION BY y.instance_id) AS named
+              FROM ROWS FROM (pg_catalog.unnest(p_instance_ids), pg_catalog.unnest(p_node_ids),
+                              pg_catalog.unnest(p_nexts)) AS y(instance_id, node_id, nxt)) AS x
+     WHERE x.named = 1 AND pg_catalog.jsonb_typeof(x.nxt) = 'object'
+       AND pg_catalog.jsonb_typeof(COALESCE(x.nxt -> 'updates', '[]')) = 'array'
+       AND pg_catalog.jsonb_typeof(COALESCE(x.nxt -> 'attempts', '[]')) = 'array'
+       AND (x.nxt ->> 'status' IN ('completed', 'failed')
+            OR x.nxt ->> 'status' IS NULL AND pg_catalog.jsonb_array_length(COALESCE(x.nxt -> 'attempts', '[]')) > 0)
+       AND NOT COALESCE(x.nxt -> 'updates', '[]') @> pg_catalog.jsonb_build_array(
+                                                        pg_catalog.jsonb_build_object('node_id', x.node_id));
+    IF v_items IS NOT NULL AND EXISTS (
+            SELECT 1 FROM pg_catalog.jsonb_array_elements(v_items) AS e
+             WHERE pg_catalog.jsonb_array_length(COALESCE(e.value -> 'next' -> 'attempts', '[]')) > 0) THEN
+        v_refused := df._submitter_refusal(pg_catalog.quote_ident(session_user)::regrole) IS NOT NULL;
+        IF v_refused THEN
+            SELECT pg_catalog.jsonb_agg(e.value) INTO v_items FROM pg_catalog.jsonb_array_elements(v_items) AS e
+             WHERE pg_catalog.jsonb_array_length(COALESCE(e.value -> 'next' -> 'attempts', '[]')) = 0;
+        END IF;
+    END IF;
+    v_items := COALESCE(v_items, '[]');
+
+    -- The steps' nodes (still running these attempts) and every node a decision changes, at the
+    -- versions the worker read, locked.
+    WITH w AS (
+        SELECT x.instance_id, x.node_id, x.expected_version, true AS own
+          FROM ROWS FROM (pg_catalog.unnest(p_instance_ids), pg_catalog.unnest(p_node_ids),
+                          pg_catalog.unnest(p_versions)) AS x(instance_id, node_id, expected_version)
+        UNION ALL
+        SELECT e.value ->> 'id', u.node_id, u.expected_version, false
+          FROM pg_catalog.jsonb_array_elements(v_items) AS e,
+               pg_catalog.jsonb_to_recordset(COALESCE(e.value -> 'next' -> 'updates', '[]'))
+               AS u(node_id text, expected_version bigint)
+    ), locked AS (
+        SELECT w.instance_id, w.own FROM df.nodes AS n
+          JOIN w ON n.instance_id = w.instance_id AND n.id = w.node_id AND n.resource_version = w.expected_version
+         WHERE n.instance_id = ANY (p_instance_ids) AND (n.status = 'running' OR NOT w.own)
+         ORDER BY n.instance_id, n.id
+           FOR UPDATE OF n
+    )
+    SELECT COALESCE(pg_catalog.sum(l.n) FILTER (WHERE l.own), 0),
+           COALESCE(pg_catalog.jsonb_object_agg(l.instance_id, l.n) FILTER (WHERE NOT l.own), '{}')
+      INTO v_count, v_matched
+      FROM (SELECT locked.instance_id, locked.own, pg_catalog.count(*) AS n
+              FROM locked GROUP BY locked.instance_id, locked.own) AS l;
+    IF v_count IS DISTINCT FROM v_n THEN
+        RAISE EXCEPTION 'durable: checkpoint refused: the node is no longer running this attempt'
+            USING ERRCODE = 'DF014';
+    END IF;
+    SELECT COALESCE(pg_catalog.jsonb_agg(e.value), '[]') INTO v_items
+      FROM pg_catalog.jsonb_array_elements(v_items) AS e
+     WHERE COALESCE((v_matched ->> (e.value ->> 'id'))::integer, 0)
+           = pg_catalog.jsonb_array_length(COALESCE(e.value -> 'next' -> 'updates', '[]'));
+
+    WITH u AS (
+        SELECT x.instance_id, x.node_id, true AS own, 'completed' AS status, x.result_text,
+               NULL::timestamptz AS wake_at, NULL::jsonb AS state, x.details AS status_details, x.ord
+          FROM ROWS FROM (pg_catalog.unnest(p_instance_ids), pg_catalog.unnest(p_node_ids),
+                          pg_catalog.unnest(p_results), pg_catalog.unnest(p_details)) WITH ORDINALITY
+               AS x(instance_id, node_id, result_text, details, ord)
+        UNION ALL
+        SELECT e.value ->> 'id', x.node_id, false, x.status, x.result_text, x.wake_at, x.state,
+               x.status_details, NULL
+          FROM pg_catalog.jsonb_array_elements(v_items) AS e,
+               pg_catalog.jsonb_to_recordset(COALESCE(e.value -> 'next' -> 'updates', '[]')) AS x(
+                   node_id text, status text, result_text text, wake_at timestamptz, state jsonb,
+                   status_details jsonb)
+    ), done AS (
+        UPDATE df.nodes AS n
+           SET status = u.status, result_text = u.result_text,
+               result = CASE WHEN u.result_text IS NULL THEN NULL ELSE u.result_text::jsonb END,
+               wake_at = u.wake_at, state = CASE WHEN u.own THEN n.state ELSE u.state END,
+               status_details = u.status_details,
+               resource_version = n.resource_version + 1, updated_at = pg_catalog.now()
+          FROM u
+         WHERE n.instance_id = ANY (p_instance_ids) AND n.instance_id = u.instance_id AND n.id = u.node_id
+        RETURNING n.instance_id, n.id, n.resource_version, u.own, u.ord
+    )
+    SELECT (SELECT pg_catalog.array_agg(d.resource_version ORDER BY d.ord) FROM done AS d WHERE d.own),
+           COALESCE((SELECT pg_catalog.jsonb_object_agg(g.instance_id, g.versions) FROM (
+                         SELECT d.instance_id, pg_catalog.jsonb_object_agg(d.id, d.resource_version) AS versions
+                           FROM done AS d WHERE NOT d.own GROUP BY d.instance_id) AS g), '{}')
+      INTO v_own, v_written;
+
+    -- Instances a decision ends leave the queue; the others start their next steps.
+    WITH e AS (
+        SELECT x.value ->> 'id' AS id, x.value -> 'next' AS nxt FROM pg_catalog.jsonb_array_elements(v_items) AS x
+         WHERE x.value -> 'next' ->> 'status' IN ('completed', 'failed')
+    ), ended AS (
+        UPDATE df.instances AS i
+           SET status = e.nxt ->> 'status', output = e.nxt ->> 'output',
+               completed_at = CASE WHEN e.nxt ->> 'status' = 'completed' THEN pg_catalog.now() ELSE i.completed_at END,
+               resource_version = i.resource_version + 1, updated_at = pg_catalog.now()
+          FROM e
+         WHERE i.id = ANY (p_instance_ids) AND i.id = e.id
+        RETURNING i.id::text
+    )
+    SELECT pg_catalog.array_agg(ended.id) INTO v_ended FROM ended;
+    IF v_ended IS NOT NULL THEN
+        DELETE FROM df.instance_queue AS q WHERE q.instance_id = ANY (v_ended);
+        DELETE FROM df.attempts AS a WHERE a.instance_id = ANY (v_ended);
+        PERFORM df._notify_done();
+    END IF;
+    -- A node a decision changes or starts has no attempt in flight any more (one an earlier holder
+    -- of the lease left goes); then the next steps' attempts, under the instance's lease.
+    DELETE FROM df.attempts AS a USING (
+        SELECT e.value ->> 'id' AS instance_id, x.node_id
+          FROM pg_catalog.jsonb_array_elements(v_items) AS e,
+               pg_catalog.jsonb_to_recordset(COALESCE(e.value -> 'next' -> 'updates', '[]')) AS x(node_id text)
+         WHERE e.value -> 'next' ->> 'status' IS NULL
+        UNION ALL
+        SELECT e.value ->> 'id', x.node_id
+          FROM pg_catalog.jsonb_array_elements(v_items) AS e,
+               pg_catalog.jsonb_to_recordset(COALESCE(e.value -> 'next' -> 'attempts', '[]')) AS x(node_id text)
+         WHERE e.value -> 'next' ->> 'status' IS NULL) AS t
+     WHERE a.instance_id = ANY (p_instance_ids) AND a.instance_id = t.instance_id AND a.node_id = t.node_id;
+    INSERT INTO df.attempts (instance_id, node_id, lease_token, secret_hash, bind_hash)
+    SELECT q.instance_id, x.node_id, q.lease_token, pg_catalog.decode(x.secret_hash, 'hex'),
+           pg_catalog.decode(x.bind_hash, 'hex')
+      FROM pg_catalog.jsonb_array_elements(v_items) AS e
+      JOIN df.instance_queue AS q ON q.instance_id = e.value ->> 'id',
+           pg_catalog.jsonb_to_recordset(COALESCE(e.value -> 'next' -> 'attempts', '[]'))
+           AS x(node_id text, secret_hash text, bind_hash text)
+     WHERE q.instance_id = ANY (p_instance_ids) AND e.value -> 'next' ->> 'status' IS NULL;
+
+    v_now := df._now();
+    RETURN pg_catalog.jsonb_build_object('versions', pg_catalog.to_jsonb(v_own), 'next', (
+        SELECT pg_catalog.jsonb_agg(CASE WHEN f.value IS NULL THEN NULL ELSE pg_catalog.jsonb_build_object(
+                   'status', COALESCE(f.value -> 'next' ->> 'status', 'running'),
+                   'versions', COALESCE(v_written -> t.instance_id, '{}'),
+                   'now', v_now) END ORDER BY t.ord)
+          FROM pg_catalog.unnest(p_instance_ids) WITH ORDINALITY AS t(instance_id, ord)
+          LEFT JOIN pg_catalog.jsonb_array_elements(v_items) AS f ON f.value ->> 'id' = t.instance_id));
+END
+$$;
+
 -- Run by the worker on a SUBMITTER's connection between two steps of one
 -- transaction (the opt-in batched mode), with the submitter's own rights:
 -- nothing one step left in its session reaches the next (what DISCARD ALL

@@ -768,3 +768,200 @@ def test_checkpoint_next_starts_no_step_for_a_submitter_refused_meanwhile(chain_
     assert out["next"] is None
     assert db.execute("SELECT status FROM df.nodes WHERE instance_id = %s AND id = %s",
                       (a.iid, second["id"])).fetchone()[0] == "pending"
+
+
+# -- 8. the batched mode's checkpoint with the decisions that follow (df._checkpoint_next_v2) ----------
+
+def _begin_chains(worker: psycopg.Connection, iids: list[str]) -> list[tuple[Attempt, dict[str, Any]]]:
+    """Claim chains `'first' ~> 'second'` in one claim and register their first steps' attempts in one
+    decision write, as a worker does; per instance, the attempt and the second step's node row."""
+    read = worker.execute("SELECT df._claim_v2(%s, 10)", (uuid.uuid4(),)).fetchone()[0]
+    items, rows = [], []
+    for iid in iids:
+        snap = next(s for s in read["instances"] if s["id"] == iid)
+        nodes = {n["id"]: n for n in snap["nodes"]}
+        root = nodes[snap["root_node"]]
+        first, second = nodes[root["left_node"]], nodes[root["right_node"]]
+        bind_secret, secret = "b" * 32 + uuid.uuid4().hex, "c" * 32 + uuid.uuid4().hex
+        items.append({"id": iid, "token": snap["lease_token"], "nudges": snap["nudges"], "ended": [], "consume": [],
+                      "execution_count": snap["execution_count"],
+                      "updates": [{"node_id": n["id"], "expected_version": n["resource_version"], "status": "running",
+                                   "result_text": None, "wake_at": None, "state": None, "status_details": None}
+                                  for n in (root, first)],
+                      "attempts": [{"node_id": first["id"], "bind_hash": _h(bind_secret), "secret_hash": _h(secret)}]})
+        rows.append((iid, first, second, snap["lease_token"], bind_secret, secret))
+    out = worker.execute("SELECT df._advance_v2(%s, %s)", (uuid.uuid4(), json.dumps(items))).fetchone()[0]
+    begun = []
+    for iid, first, second, token, bind_secret, secret in rows:
+        res = out["results"][iid]
+        assert "error" not in res, res
+        begun.append((Attempt(worker, iid, first["id"], token, res["versions"][first["id"]], bind_secret, secret),
+                      second))
+    return begun
+
+
+def _bind_all(conn: psycopg.Connection, attempts: list[Attempt]) -> None:
+    conn.execute("SELECT df._bind_v1(%s::text[], %s::text[], %s::text[])",
+                 ([a.iid for a in attempts], [a.node_id for a in attempts], [a.bind_secret for a in attempts]))
+
+
+def _checkpoint_batch(conn: psycopg.Connection, attempts: list[Attempt], nexts: list[dict[str, Any] | None],
+                      secrets: list[str] | None = None) -> Any:
+    return conn.execute(
+        "SELECT df._checkpoint_next_v2(pg_current_xact_id()::text, %s::text[], %s::text[], %s::text[], %s::text[], "
+        "%s::jsonb[], %s::bigint[], %s::jsonb[])",
+        ([a.iid for a in attempts], [a.node_id for a in attempts], secrets or [a.secret for a in attempts],
+         [f'{{"rows":[{{"n":{i}}}],"row_count":1}}' for i in range(len(attempts))], [None] * len(attempts),
+         [a.version for a in attempts], [None if n is None else json.dumps(n) for n in nexts])).fetchone()[0]
+
+
+def _ended(output: str) -> dict[str, Any]:
+    return {"updates": [], "status": "completed", "output": output}
+
+
+@pytest.fixture
+def chains_protocol(db, worker_dsn, make_role, connect_as):
+    """Three of alice's two-step chains, their first steps' attempts registered together."""
+    alice_role = make_role("alice")
+    alice = connect_as(alice_role)
+    iids = [start(alice, "'SELECT 1' ~> 'SELECT 2'") for _ in range(3)]
+    worker = psycopg.connect(worker_dsn, autocommit=True)
+    try:
+        yield alice_role, _begin_chains(worker, iids)
+    finally:
+        worker.close()
+
+
+def test_checkpoint_next_batch_records_every_step_and_writes_every_decision(chains_protocol, connect_as, db):
+    alice_role, begun = chains_protocol
+    (a, sa), (b, sb), (c, _) = begun
+    step = connect_as(alice_role, autocommit=False)
+    _bind_all(step, [a, b, c])
+    out = _checkpoint_batch(step, [a, b, c], [_start_next(sa, "ba", "sa"), _start_next(sb, "bb", "sb"), None])
+    step.commit()
+    assert out["versions"] == [a.version + 1, b.version + 1, c.version + 1]
+    assert [n if n is None else (n["status"], n["versions"]) for n in out["next"]] == [
+        ("running", {sa["id"]: sa["resource_version"] + 1}), ("running", {sb["id"]: sb["resource_version"] + 1}),
+        None]
+    for x, i in ((a, 0), (b, 1), (c, 2)):
+        assert db.execute("SELECT status, result_text FROM df.nodes WHERE instance_id = %s AND id = %s",
+                          (x.iid, x.node_id)).fetchone() == ("completed", f'{{"rows":[{{"n":{i}}}],"row_count":1}}')
+    # The next steps' attempts are registered under each instance's own lease; c's decision is the worker's.
+    for x, s, secret in ((a, sa, "sa"), (b, sb, "sb")):
+        assert db.execute("SELECT lease_token::text, secret_hash, backend_pid FROM df.attempts "
+                          "WHERE instance_id = %s AND node_id = %s", (x.iid, s["id"])).fetchone() == \
+            (x.token, bytes.fromhex(_h(secret)), None)
+    assert _chain_state(db, c.iid)[2] is None
+    # The second steps, in one transaction again: their decisions end both instances.
+    a2 = Attempt(a.worker, a.iid, sa["id"], a.token, sa["resource_version"] + 1, "ba", "sa")
+    b2 = Attempt(b.worker, b.iid, sb["id"], b.token, sb["resource_version"] + 1, "bb", "sb")
+    _bind_all(step, [a2, b2])
+    out = _checkpoint_batch(step, [a2, b2], [_ended('"A"'), _ended('"B"')])
+    step.commit()
+    assert [n["status"] for n in out["next"]] == ["completed", "completed"]
+    for x, expected in ((a, '"A"'), (b, '"B"')):
+        status, _, attempts, queued = _chain_state(db, x.iid)
+        assert (status, attempts, queued) == ("completed", None, 0)
+        assert db.execute("SELECT output FROM df.instances WHERE id = %s", (x.iid,)).fetchone()[0] == expected
+
+
+def test_checkpoint_next_batch_with_one_guessed_secret_writes_nothing(chains_protocol, connect_as, db):
+    alice_role, begun = chains_protocol
+    attempts = [a for a, _ in begun]
+    before = [_chain_state(db, a.iid) for a in attempts]
+    step = connect_as(alice_role, autocommit=False)
+    _bind_all(step, attempts)
+    secrets = [a.secret for a in attempts]
+    secrets[1] = attempts[1].bind_secret  # the bind secret in place of the checkpoint's
+    err = _refused(lambda: _checkpoint_batch(step, attempts, [_ended("forged")] * 3, secrets=secrets))
+    assert err.sqlstate == "DF014"
+    step.rollback()
+    assert [_chain_state(db, a.iid) for a in attempts] == before
+
+
+def test_checkpoint_next_batch_of_another_role_is_refused_even_on_the_bound_backend(chains_protocol, make_role,
+                                                                                   connect_as, db):
+    _, begun = chains_protocol
+    attempts = [a for a, _ in begun]
+    mallory = connect_as(make_role("mallory"), autocommit=False)
+    db.execute("UPDATE df.attempts SET backend_pid = %s, bind_hash = NULL WHERE instance_id = ANY(%s)",
+               (mallory.info.backend_pid, [a.iid for a in attempts]))
+    before = [_chain_state(db, a.iid) for a in attempts]
+    err = _refused(lambda: _checkpoint_batch(mallory, attempts, [_ended("x")] * 3))
+    assert err.sqlstate == "DF014"
+    mallory.rollback()
+    assert [_chain_state(db, a.iid) for a in attempts] == before
+
+
+def test_checkpoint_next_batch_leaves_stale_or_forged_decisions_to_the_worker(chains_protocol, make_role,
+                                                                              connect_as, db):
+    """Each decision stands alone: one made from a node version that changed meanwhile, one naming a
+    node of another instance of the batch, and one naming another role's node are not written (the
+    steps' results are; the first test is the control that sound ones are)."""
+    alice_role, begun = chains_protocol
+    (a, sa), (b, sb), (c, sc) = begun
+    bob = connect_as(make_role("bob"))
+    other = start(bob, "'SELECT 1'")
+    victim = db.execute("SELECT id, resource_version FROM df.nodes WHERE instance_id = %s", (other,)).fetchone()
+    forged_other = _start_next({"id": victim[0], "resource_version": victim[1]}, "bv", "sv")
+    step = connect_as(alice_role, autocommit=False)
+    _bind_all(step, [a, b, c])
+    out = _checkpoint_batch(step, [a, b, c], [
+        _start_next(sa, "ba", "sa", version=sa["resource_version"] - 1),  # stale
+        _start_next(sc, "bb", "sb"),                                       # c's node, in b's decision
+        forged_other])                                                     # bob's node, in c's decision
+    step.commit()
+    assert out == {"versions": [a.version + 1, b.version + 1, c.version + 1], "next": [None, None, None]}
+    for x, s in ((a, sa), (b, sb), (c, sc)):
+        assert db.execute("SELECT status, resource_version FROM df.nodes WHERE instance_id = %s AND id = %s",
+                          (x.iid, s["id"])).fetchone() == ("pending", s["resource_version"])
+        assert db.execute("SELECT status FROM df.nodes WHERE instance_id = %s AND id = %s",
+                          (x.iid, x.node_id)).fetchone()[0] == "completed"
+        assert _chain_state(db, x.iid)[2] is None  # no attempt started
+    assert db.execute("SELECT status, result_text, resource_version FROM df.nodes WHERE instance_id = %s",
+                      (other,)).fetchone() == ("pending", None, victim[1])
+    assert db.execute("SELECT count(*) FROM df.attempts WHERE instance_id = %s", (other,)).fetchone()[0] == 0
+
+
+def test_checkpoint_next_batch_starts_no_step_for_a_submitter_refused_meanwhile(chains_protocol, connect_as, db):
+    """No step starts for a submitter refused since; an instance's end is still written."""
+    alice_role, begun = chains_protocol
+    (a, sa), (b, _), (c, _) = begun
+    step = connect_as(alice_role, autocommit=False)
+    _bind_all(step, [a, b, c])
+    db.execute(f'ALTER ROLE "{alice_role}" BYPASSRLS')
+    out = _checkpoint_batch(step, [a, b, c], [_start_next(sa, "ba", "sa"), _ended('"ended"'), None])
+    step.commit()
+    assert out["next"][0] is None and out["next"][2] is None
+    assert out["next"][1]["status"] == "completed"
+    assert db.execute("SELECT status FROM df.nodes WHERE instance_id = %s AND id = %s",
+                      (a.iid, sa["id"])).fetchone()[0] == "pending"
+    assert db.execute("SELECT status FROM df.instances WHERE id = %s", (b.iid,)).fetchone()[0] == "completed"
+
+
+def test_a_batched_chain_writes_its_next_decisions_in_the_batch_commit(alice, start_worker, db):
+    """In the batched mode too, the decisions that follow the steps are written by the batch's own
+    checkpoint (df._checkpoint_next_v2); df._advance_v2 runs for the instances' first decisions only.
+    Counted by track_functions."""
+    db.execute(f'ALTER DATABASE "{db.info.dbname}" SET track_functions = \'pl\'')
+    iids = [start(alice, chain([f"INSERT INTO public.effects VALUES ({i})", "SELECT 1 AS one",
+                                "SELECT 2 AS two"])) for i in range(8)]
+    worker = start_worker(concurrency=8, batch=8)
+    assert set(wait_all(db, iids, timeout=60).values()) == {"completed"}
+    worker.terminate()
+    assert worker.wait(timeout=20) == 0  # its sessions end, and report their counts
+
+    def calls() -> dict[str, int] | None:
+        db.execute("SELECT pg_stat_clear_snapshot()")
+        counts = dict(db.execute("SELECT funcname, calls FROM pg_stat_user_functions WHERE schemaname = 'df' "
+                                 "AND funcname IN ('_advance_v2', '_checkpoint_next_v2', '_checkpoint_v2', "
+                                 "'_checkpoint_next_v1')").fetchall())
+        return counts if counts.get("_checkpoint_next_v2", 0) >= 2 else None
+
+    counts = wait_until(calls, 20, "the worker's function counts")
+    claims_and_first_decisions = counts.get("_advance_v2", 0)
+    # 24 steps: without the fold every batch's decisions would be one more _advance_v2 call each.
+    assert claims_and_first_decisions <= 2, counts
+    assert counts.get("_checkpoint_next_v2", 0) + counts.get("_checkpoint_next_v1", 0) \
+        + counts.get("_checkpoint_v2", 0) >= 3, counts
+    assert sorted(effects(alice)) == [(i, 1) for i in range(8)]

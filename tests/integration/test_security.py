@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PUBLIC_DEFINER = {
     "_caller", "_start_v1", "_cancel_v2", "_signal_v2", "_run_v1", "_checkpoint_v1", "_now", "_in_workflow",
     "_list_max_limit", "_set_metadata_v1", "_delete_instance_v1", "_wait_begin_v1", "_wait_end_v1",
-    "_bind_v1", "_checkpoint_v2", "_checkpoint_next_v1",
+    "_bind_v1", "_checkpoint_v2", "_checkpoint_next_v1", "_checkpoint_next_v2",
 }
 
 
