@@ -339,12 +339,13 @@ class StepRunner:
         checkpoint: psycopg.Cursor[Any] | None = None
         params: dict[str, Any] = {"xid": xid}
         if len(jobs) == 1 and thens[0] is not None:
-            name = "checkpoint_next"
+            name, sql = "checkpoint_next", query("checkpoint_next")
             params.update(instance_id=jobs[0].instance_id, node_id=jobs[0].node_id, secret=jobs[0].secret,
                           result=texts[0], details=Jsonb(jobs[0].details), version=Int8(jobs[0].version),
                           next=Jsonb(thens[0][0]))
         else:
-            name = "checkpoint_v2" if all(t is None for t in thens) else "checkpoint_next_batch"
+            name, sql = (("checkpoint_v2", query("checkpoint_v2")) if all(t is None for t in thens)
+                         else ("checkpoint_next_batch", query("checkpoint_next_batch")))
             params.update(instance_ids=[j.instance_id for j in jobs], node_ids=[j.node_id for j in jobs],
                           secrets=[j.secret for j in jobs], results=texts, details=[Jsonb(j.details) for j in jobs],
                           versions=[Int8(j.version) for j in jobs])
@@ -354,7 +355,7 @@ class StepRunner:
             with conn.pipeline():
                 constraints = conn.execute(query("step_constraints"))
                 conn.execute(query("step_guard"))
-                checkpoint = conn.execute(query(name), params)
+                checkpoint = conn.execute(sql, params)
                 conn.commit()
             out = _row(checkpoint)[0]
         except BaseException as exc:
