@@ -524,7 +524,7 @@ BEGIN
         SELECT i.id, i.submitted_by FROM df.instances AS i
           JOIN pg_catalog.jsonb_array_elements(p_items) AS e ON e.value ->> 'id' = i.id
          WHERE i.id = ANY (v_live) AND pg_catalog.jsonb_array_length(COALESCE(e.value -> 'attempts', '[]')) > 0
-    ), verdict AS (
+    ), verdict AS MATERIALIZED (  -- once per submitter: the filter below is not pushed under the DISTINCT
         SELECT r.submitted_by, df._submitter_refusal(r.submitted_by) AS message
           FROM (SELECT DISTINCT st.submitted_by FROM starting AS st) AS r
     )
@@ -551,8 +551,12 @@ BEGIN
 
     SELECT COALESCE(pg_catalog.array_agg(x), '{}') INTO v_ok FROM pg_catalog.unnest(v_live) AS x
      WHERE NOT v_refused ? x AND x <> ALL (v_conflict);
-    SELECT COALESCE(pg_catalog.jsonb_agg(e.value), '[]') INTO v_items
-      FROM pg_catalog.jsonb_array_elements(p_items) AS e WHERE e.value ->> 'id' = ANY (v_ok);
+    IF pg_catalog.cardinality(v_ok) = pg_catalog.jsonb_array_length(p_items) THEN
+        v_items := p_items;  -- every item goes ahead (the usual case): no copy
+    ELSE
+        SELECT COALESCE(pg_catalog.jsonb_agg(e.value), '[]') INTO v_items
+          FROM pg_catalog.jsonb_array_elements(p_items) AS e WHERE e.value ->> 'id' = ANY (v_ok);
+    END IF;
 
     WITH u AS (
         SELECT e.value ->> 'id' AS instance_id, x.*
