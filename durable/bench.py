@@ -97,6 +97,7 @@ class Plan:
     batch: int                  # scenario 2, batched mode
     batched_concurrency: int
     instances: int              # scenario 2, per worker count
+    batched_instances: int      # scenario 2, batched mode: more, so that a run still lasts 20 s and more
     pgbench_scale: int          # scenario 1
     min_ceiling_seconds: int
     latency_samples: int        # scenario 3
@@ -112,14 +113,14 @@ def make_plan(quick: bool, workers: Sequence[int] | None = None, *, concurrency:
               instances: int | None = None, scale_instances: int | None = None) -> Plan:
     if quick:
         plan = Plan(workers=DEFAULT_WORKERS, concurrency=DEFAULT_CONCURRENCY, batch=DEFAULT_BATCH,
-                    batched_concurrency=DEFAULT_BATCHED_CONCURRENCY, instances=150,
+                    batched_concurrency=DEFAULT_BATCHED_CONCURRENCY, instances=150, batched_instances=150,
                     pgbench_scale=1,
                     min_ceiling_seconds=2, latency_samples=20, latency_warmup=2, starts_per_connection=50,
                     start_history=500,
                     scale_instances=2_000, scale_pending=20, scale_samples=20)
     else:
         plan = Plan(workers=DEFAULT_WORKERS, concurrency=DEFAULT_CONCURRENCY, batch=DEFAULT_BATCH,
-                    batched_concurrency=DEFAULT_BATCHED_CONCURRENCY, instances=20_000,
+                    batched_concurrency=DEFAULT_BATCHED_CONCURRENCY, instances=20_000, batched_instances=60_000,
                     pgbench_scale=10,
                     min_ceiling_seconds=10, latency_samples=200, latency_warmup=5, starts_per_connection=2_000,
                     start_history=20_000,
@@ -131,7 +132,7 @@ def make_plan(quick: bool, workers: Sequence[int] | None = None, *, concurrency:
     if concurrency is not None:
         plan = _replace(plan, concurrency=max(1, concurrency))
     if instances is not None:
-        plan = _replace(plan, instances=max(1, instances))
+        plan = _replace(plan, instances=max(1, instances), batched_instances=max(1, instances))
     if scale_instances is not None:
         plan = _replace(plan, scale_instances=max(1, scale_instances))
     return plan
@@ -480,8 +481,9 @@ def _verify_completed(s: Scratch, instances: int, sql_steps: int) -> dict[str, A
 def bench_throughput(s: Scratch, plan: Plan, workers: int, envelope: str, progress: Progress, *,
                      batch: int = 1) -> dict[str, Any]:
     label = f"throughput{' (batched)' if batch > 1 else ''}, {workers} worker{'s' if workers > 1 else ''}"
+    instances = plan.batched_instances if batch > 1 else plan.instances
     _reset_tables(s)
-    _start_up_front(s, envelope, plan.instances, progress, label)
+    _start_up_front(s, envelope, instances, progress, label)
     concurrency = plan.batched_concurrency if batch > 1 else plan.concurrency
     group = start_workers(s, workers, concurrency, batch)
     try:
@@ -489,7 +491,7 @@ def bench_throughput(s: Scratch, plan: Plan, workers: int, envelope: str, progre
         workers_start = [_proc_cpu_seconds(p.pid) or 0.0 for p in group.procs]  # their start-up is not a step
         backends_start = _backend_cpu(s)
         progress(f"{label}: {workers} worker process(es) registered (concurrency {concurrency} each)")
-        _wait_drained(s, group, plan.instances, progress, label)
+        _wait_drained(s, group, instances, progress, label)
         busy_end = _machine_busy_seconds()
         wall = time.monotonic() - group.launched
         backends_end = _backend_cpu(s)
@@ -499,8 +501,8 @@ def bench_throughput(s: Scratch, plan: Plan, workers: int, envelope: str, progre
         row = conn.execute("SELECT max(completed_at), min(completed_at) FROM df.instances").fetchone()
     assert row is not None and group.registered_at is not None and row[0] is not None
     seconds = max((row[0] - group.registered_at).total_seconds(), 1e-6)
-    verified = _verify_completed(s, plan.instances, 3)
-    steps = plan.instances * 3
+    verified = _verify_completed(s, instances, 3)
+    steps = instances * 3
     cpu: dict[str, Any] = {}
     if group.busy_start is not None and busy_end is not None and all(c is not None for c in group.cpu_s):
         # Cores busy on average from launch to the last completion; "rest" is everything else on the
@@ -513,12 +515,12 @@ def bench_throughput(s: Scratch, plan: Plan, workers: int, envelope: str, progre
                "machine_busy_cores": _r(machine / wall, 2), "workers_cores": _r(workers_cpu / wall, 2),
                "backends_cores": _r(backends / wall, 2) if backends_end else None,
                "rest_cores": _r((machine - workers_cpu - backends) / wall, 2),
-               "workers_cpu_ms_per_step": _r(steps_cpu * 1000 / (plan.instances * 3), 2),
-               "backends_cpu_ms_per_step": _r(backends * 1000 / (plan.instances * 3), 2) if backends_end else None}
+               "workers_cpu_ms_per_step": _r(steps_cpu * 1000 / steps, 2),
+               "backends_cpu_ms_per_step": _r(backends * 1000 / steps, 2) if backends_end else None}
     result = {
-        "workers": workers, "concurrency": concurrency, "batch": batch, "instances": plan.instances,
+        "workers": workers, "concurrency": concurrency, "batch": batch, "instances": instances,
         "steps": steps,
-        "seconds": _r(seconds, 3), "steps_per_s": _r(steps / seconds), "instances_per_s": _r(plan.instances / seconds),
+        "seconds": _r(seconds, 3), "steps_per_s": _r(steps / seconds), "instances_per_s": _r(instances / seconds),
         "wall_seconds_with_worker_start": _r(wall, 3), "worker_rss_mb": group.rss_mb,
         "worker_cpu_s": [_r(c, 2) for c in group.cpu_s], "cpu": cpu, "verified": verified,
     }
@@ -1072,7 +1074,7 @@ def _run(plan: Plan, dsn: str | None, quick: bool, progress: Progress) -> dict[s
             runs.append(bench_throughput(s, plan, k, envelope, progress))
         batched = []
         for k in plan.workers:
-            progress(f"[2/6] throughput, batched mode (--batch {plan.batch}): {plan.instances:,} instances, "
+            progress(f"[2/6] throughput, batched mode (--batch {plan.batch}): {plan.batched_instances:,} instances, "
                      f"{k} worker process(es)")
             batched.append(bench_throughput(s, plan, k, envelope, progress, batch=plan.batch))
         seconds = max(plan.min_ceiling_seconds, min(300, round(_median([r["seconds"] for r in runs]))))
@@ -1105,7 +1107,8 @@ def _run(plan: Plan, dsn: str | None, quick: bool, progress: Progress) -> dict[s
         "steps_per_s_batched_ratio": _ratio(best_batched["steps_per_s"], tps),
         "throughput": {"mode": "default (one transaction per step)", "instances": plan.instances,
                        "steps_per_instance": 3, "concurrency": plan.concurrency, "runs": runs},
-        "throughput_batched": {"mode": f"batched (durable worker --batch {plan.batch})", "instances": plan.instances,
+        "throughput_batched": {"mode": f"batched (durable worker --batch {plan.batch})",
+                               "instances": plan.batched_instances,
                                "steps_per_instance": 3, "concurrency": plan.batched_concurrency,
                                "batch": plan.batch,
                                "runs": batched},
