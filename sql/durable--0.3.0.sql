@@ -3671,21 +3671,28 @@ BEGIN
         SELECT x.instance_id, x.node_id, pg_catalog.sha256(pg_catalog.convert_to(x.secret, 'UTF8')) AS hash
           FROM ROWS FROM (pg_catalog.unnest(p_instance_ids), pg_catalog.unnest(p_node_ids),
                           pg_catalog.unnest(p_secrets)) AS x(instance_id, node_id, secret)
+    ), q AS MATERIALIZED (
+        -- The live leases and the instances of this session's role, each table read once by its keys
+        -- (0.3.0): "= ANY" bounds the read whatever the statistics say (joined by key instead, a merge
+        -- join could walk the whole index), and it is evaluated once, not at every lookup of a loop.
+        SELECT q.instance_id, q.lease_token FROM df.instance_queue AS q
+         WHERE q.instance_id = ANY (p_instance_ids) AND q.lease_expires_at > pg_catalog.clock_timestamp()
+    ), i AS MATERIALIZED (
+        -- IS NOT DISTINCT FROM (the column is NOT NULL): never an index condition, so the planner finds
+        -- the instance by id, not by scanning every instance of the role in idx_instances_submitted_by.
+        SELECT i.id FROM df.instances AS i
+         WHERE i.id = ANY (p_instance_ids)
+           AND i.submitted_by IS NOT DISTINCT FROM pg_catalog.quote_ident(session_user)::regrole
     )
     UPDATE df.attempts AS a
        SET backend_pid = pg_catalog.pg_backend_pid(), bind_hash = NULL,
            backend_start = CASE WHEN p_autocommit THEN
                (SELECT s.backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) AS s) END
-      FROM b, df.instance_queue AS q, df.instances AS i
-     -- Every row by its key from b (0.3.0: no "= ANY (p_instance_ids)" on the joined tables as well;
-     -- in a nested loop each lookup would evaluate and sort the whole array again).
+      FROM b, q, i
      WHERE a.instance_id = b.instance_id AND a.node_id = b.node_id
        AND a.bind_hash = b.hash AND a.backend_pid IS NULL
        AND q.instance_id = b.instance_id AND q.lease_token = a.lease_token
-       AND q.lease_expires_at > pg_catalog.clock_timestamp()
-       -- IS NOT DISTINCT FROM (the column is NOT NULL): never an index condition, so the planner finds
-       -- the instance by id, not by scanning every instance of the role in idx_instances_submitted_by.
-       AND i.id = b.instance_id AND i.submitted_by IS NOT DISTINCT FROM pg_catalog.quote_ident(session_user)::regrole;
+       AND i.id = b.instance_id;
     GET DIAGNOSTICS v_bound = ROW_COUNT;
     IF v_bound IS DISTINCT FROM pg_catalog.cardinality(p_instance_ids) THEN
         RAISE EXCEPTION 'durable: attempt refused' USING ERRCODE = 'DF014';
@@ -3717,6 +3724,16 @@ BEGIN
     IF pg_catalog.pg_current_xact_id()::text IS DISTINCT FROM p_xid THEN
         RAISE EXCEPTION 'durable: checkpoint refused: the step ended its transaction' USING ERRCODE = 'DF014';
     END IF;
+    -- Nobody but the holder of every attempt gets to wait for (or hold) the instances' locks.
+    SELECT pg_catalog.count(*) INTO v_count
+      FROM ROWS FROM (pg_catalog.unnest(p_instance_ids), pg_catalog.unnest(p_node_ids),
+                      pg_catalog.unnest(p_secrets)) AS x(instance_id, node_id, secret)
+      JOIN df.attempts AS a ON a.instance_id = x.instance_id AND a.node_id = x.node_id
+     WHERE a.secret_hash = pg_catalog.sha256(pg_catalog.convert_to(x.secret, 'UTF8'))
+       AND a.backend_pid = pg_catalog.pg_backend_pid();
+    IF v_count IS DISTINCT FROM v_n THEN
+        RAISE EXCEPTION 'durable: checkpoint refused' USING ERRCODE = 'DF014';
+    END IF;
     PERFORM 1 FROM df.instance_queue AS q WHERE q.instance_id = ANY (p_instance_ids)
       ORDER BY q.instance_id FOR KEY SHARE;
     PERFORM 1 FROM df.instances AS i WHERE i.id = ANY (p_instance_ids) ORDER BY i.id FOR SHARE;
@@ -3726,18 +3743,22 @@ BEGIN
         SELECT x.instance_id, x.node_id, pg_catalog.sha256(pg_catalog.convert_to(x.secret, 'UTF8')) AS hash
           FROM ROWS FROM (pg_catalog.unnest(p_instance_ids), pg_catalog.unnest(p_node_ids),
                           pg_catalog.unnest(p_secrets)) AS x(instance_id, node_id, secret)
+    ), q AS MATERIALIZED (  -- each table read once by its keys (see df._bind_v1)
+        SELECT q.instance_id, q.lease_token FROM df.instance_queue AS q
+         WHERE q.instance_id = ANY (p_instance_ids) AND q.lease_expires_at > pg_catalog.clock_timestamp()
+    ), i AS MATERIALIZED (
+        SELECT i.id FROM df.instances AS i
+         WHERE i.id = ANY (p_instance_ids) AND i.status IN ('pending', 'running')
+           -- Not an index condition (see df._bind_v1): the instances are found by id.
+           AND i.submitted_by IS NOT DISTINCT FROM pg_catalog.quote_ident(session_user)::regrole
     )
     DELETE FROM df.attempts AS a
-     USING c, df.instance_queue AS q, df.instances AS i
-     -- Every row by its key from c (see df._bind_v1).
+     USING c, q, i
      WHERE a.instance_id = c.instance_id AND a.node_id = c.node_id
        AND a.secret_hash = c.hash
        AND a.backend_pid = pg_catalog.pg_backend_pid()
        AND q.instance_id = c.instance_id AND q.lease_token = a.lease_token
-       AND q.lease_expires_at > pg_catalog.clock_timestamp()
-       AND i.id = c.instance_id AND i.status IN ('pending', 'running')
-       -- Not an index condition (see df._bind_v1): the instances are found by id.
-       AND i.submitted_by IS NOT DISTINCT FROM pg_catalog.quote_ident(session_user)::regrole;
+       AND i.id = c.instance_id;
     GET DIAGNOSTICS v_count = ROW_COUNT;
     IF v_count IS DISTINCT FROM v_n THEN
         RAISE EXCEPTION 'durable: checkpoint refused' USING ERRCODE = 'DF014';
@@ -3751,7 +3772,7 @@ BEGIN
                           pg_catalog.unnest(p_results), pg_catalog.unnest(p_details),
                           pg_catalog.unnest(p_versions)) WITH ORDINALITY
                AS c(instance_id, node_id, result_text, details, expected_version, ord)
-         WHERE n.instance_id = c.instance_id AND n.id = c.node_id  -- by key from c (see df._bind_v1)
+         WHERE n.instance_id = ANY (p_instance_ids) AND n.instance_id = c.instance_id AND n.id = c.node_id
            AND n.status = 'running' AND n.resource_version = c.expected_version
         RETURNING c.ord, n.resource_version
     )
@@ -3963,18 +3984,22 @@ BEGIN
         SELECT x.instance_id, x.node_id, pg_catalog.sha256(pg_catalog.convert_to(x.secret, 'UTF8')) AS hash
           FROM ROWS FROM (pg_catalog.unnest(p_instance_ids), pg_catalog.unnest(p_node_ids),
                           pg_catalog.unnest(p_secrets)) AS x(instance_id, node_id, secret)
+    ), q AS MATERIALIZED (  -- each table read once by its keys (see df._bind_v1)
+        SELECT q.instance_id, q.lease_token FROM df.instance_queue AS q
+         WHERE q.instance_id = ANY (p_instance_ids) AND q.lease_expires_at > pg_catalog.clock_timestamp()
+    ), i AS MATERIALIZED (
+        SELECT i.id FROM df.instances AS i
+         WHERE i.id = ANY (p_instance_ids) AND i.status IN ('pending', 'running')
+           -- Not an index condition (see df._bind_v1): the instances are found by id.
+           AND i.submitted_by IS NOT DISTINCT FROM pg_catalog.quote_ident(session_user)::regrole
     )
     DELETE FROM df.attempts AS a
-     USING c, df.instance_queue AS q, df.instances AS i
-     -- Every row by its key from c (see df._bind_v1).
+     USING c, q, i
      WHERE a.instance_id = c.instance_id AND a.node_id = c.node_id
        AND a.secret_hash = c.hash
        AND a.backend_pid = pg_catalog.pg_backend_pid()
        AND q.instance_id = c.instance_id AND q.lease_token = a.lease_token
-       AND q.lease_expires_at > pg_catalog.clock_timestamp()
-       AND i.id = c.instance_id AND i.status IN ('pending', 'running')
-       -- Not an index condition (see df._bind_v1): the instances are found by id.
-       AND i.submitted_by IS NOT DISTINCT FROM pg_catalog.quote_ident(session_user)::regrole;
+       AND i.id = c.instance_id;
     GET DIAGNOSTICS v_count = ROW_COUNT;
     IF v_count IS DISTINCT FROM v_n THEN
         RAISE EXCEPTION 'durable: checkpoint refused' USING ERRCODE = 'DF014';

@@ -169,15 +169,17 @@ class Scheduler:
         while self.written:
             self._written(*self.written.popleft())
         started: list[StepJob] = []  # by the decisions written with the steps: dispatched together
-        while self.done:
-            for job, result in self.done.popleft():
-                h = self.held.get(job.instance_id)
-                if h is None or h.inflight.get(job.node_id) is not job:
-                    continue
-                del h.inflight[job.node_id]
-                started += self._step_done(h, job, result)
-        if started:
-            self._dispatch(started)
+        try:
+            while self.done:
+                for job, result in self.done.popleft():
+                    h = self.held.get(job.instance_id)
+                    if h is None or h.inflight.get(job.node_id) is not job:
+                        continue
+                    del h.inflight[job.node_id]
+                    started += self._step_done(h, job, result)
+        finally:  # even if a later result could not be taken in: these steps are in flight already
+            if started:
+                self._dispatch(started)
 
     def _step_done(self, h: Held, job: StepJob, result: StepResult) -> list[StepJob]:
         """Take in a step's outcome; returns the steps the decision written with it started."""
