@@ -3700,31 +3700,30 @@ BEGIN
 END
 $$;
 
--- Called on the SUBMITTER's connection, in the steps' own transaction, right
--- after their statements: records every result of the transaction or none.
--- The transaction must still be the one the steps began in (p_xid), each
--- attempt's secret must match, on the backend that bound it, under a live
--- lease, for a running node of a live instance of this session's role, at
--- the version the node had when the attempt started.  Locks in the worker's
--- order: queue rows (KEY SHARE: a takeover waits, heartbeats do not), then
--- instance rows (SHARE: ordered against df.cancel), then attempts and nodes.
--- Returns the nodes' new resource_versions, in argument order.
-CREATE FUNCTION df._checkpoint_v2(p_xid text, p_instance_ids text[], p_node_ids text[], p_secrets text[],
-                                  p_results text[], p_details jsonb[], p_versions bigint[])
-RETURNS bigint[]
+-- The common start of the step checkpoints (0.3.0): the transaction must
+-- still be the one the steps began in; a caller that does not hold every
+-- attempt it names (its secret, on this backend) is refused before it takes
+-- or waits for any lock; then the queue and instance rows are locked in the
+-- worker's order (p_exclusive, for a checkpoint that also writes decisions:
+-- FOR UPDATE; otherwise KEY SHARE and SHARE: a takeover waits, heartbeats do
+-- not, and df.cancel is ordered against it), and the attempts are deleted,
+-- which checks each against its secret, this backend, a live lease and a
+-- running instance of this session's role.  Raises DF014 unless every
+-- attempt checks out.
+CREATE FUNCTION df._take_attempts_v1(p_xid text, p_instance_ids text[], p_node_ids text[], p_secrets text[],
+                                     p_exclusive boolean)
+RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
-    v_n        integer := pg_catalog.cardinality(p_instance_ids);
-    v_count    integer;
-    v_versions bigint[];
+    v_n     integer := pg_catalog.cardinality(p_instance_ids);
+    v_count integer;
 BEGIN
     IF pg_catalog.pg_current_xact_id()::text IS DISTINCT FROM p_xid THEN
         RAISE EXCEPTION 'durable: checkpoint refused: the step ended its transaction' USING ERRCODE = 'DF014';
     END IF;
-    -- Nobody but the holder of every attempt gets to wait for (or hold) the instances' locks.
     SELECT pg_catalog.count(*) INTO v_count
       FROM ROWS FROM (pg_catalog.unnest(p_instance_ids), pg_catalog.unnest(p_node_ids),
                       pg_catalog.unnest(p_secrets)) AS x(instance_id, node_id, secret)
@@ -3734,11 +3733,15 @@ BEGIN
     IF v_count IS DISTINCT FROM v_n THEN
         RAISE EXCEPTION 'durable: checkpoint refused' USING ERRCODE = 'DF014';
     END IF;
-    PERFORM 1 FROM df.instance_queue AS q WHERE q.instance_id = ANY (p_instance_ids)
-      ORDER BY q.instance_id FOR KEY SHARE;
-    PERFORM 1 FROM df.instances AS i WHERE i.id = ANY (p_instance_ids) ORDER BY i.id FOR SHARE;
-    -- Deleting the attempts checks them: each must match its secret, this backend and a live lease
-    -- of a running instance of this session's role.
+    IF p_exclusive THEN
+        PERFORM 1 FROM df.instance_queue AS q WHERE q.instance_id = ANY (p_instance_ids)
+          ORDER BY q.instance_id FOR UPDATE;
+        PERFORM 1 FROM df.instances AS i WHERE i.id = ANY (p_instance_ids) ORDER BY i.id FOR UPDATE;
+    ELSE
+        PERFORM 1 FROM df.instance_queue AS q WHERE q.instance_id = ANY (p_instance_ids)
+          ORDER BY q.instance_id FOR KEY SHARE;
+        PERFORM 1 FROM df.instances AS i WHERE i.id = ANY (p_instance_ids) ORDER BY i.id FOR SHARE;
+    END IF;
     WITH c AS MATERIALIZED (
         SELECT x.instance_id, x.node_id, pg_catalog.sha256(pg_catalog.convert_to(x.secret, 'UTF8')) AS hash
           FROM ROWS FROM (pg_catalog.unnest(p_instance_ids), pg_catalog.unnest(p_node_ids),
@@ -3763,6 +3766,30 @@ BEGIN
     IF v_count IS DISTINCT FROM v_n THEN
         RAISE EXCEPTION 'durable: checkpoint refused' USING ERRCODE = 'DF014';
     END IF;
+END
+$$;
+
+-- Called on the SUBMITTER's connection, in the steps' own transaction, right
+-- after their statements: records every result of the transaction or none.
+-- The transaction must still be the one the steps began in (p_xid), each
+-- attempt's secret must match, on the backend that bound it, under a live
+-- lease, for a running node of a live instance of this session's role, at
+-- the version the node had when the attempt started.  Locks in the worker's
+-- order: queue rows (KEY SHARE: a takeover waits, heartbeats do not), then
+-- instance rows (SHARE: ordered against df.cancel), then attempts and nodes.
+-- Returns the nodes' new resource_versions, in argument order.
+CREATE FUNCTION df._checkpoint_v2(p_xid text, p_instance_ids text[], p_node_ids text[], p_secrets text[],
+                                  p_results text[], p_details jsonb[], p_versions bigint[])
+RETURNS bigint[]
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    v_n        integer := pg_catalog.cardinality(p_instance_ids);
+    v_versions bigint[];
+BEGIN
+    PERFORM df._take_attempts_v1(p_xid, p_instance_ids, p_node_ids, p_secrets, false);
     WITH done AS (
         UPDATE df.nodes AS n
            SET status = 'completed', result_text = c.result_text, result = c.result_text::jsonb,
@@ -3956,54 +3983,13 @@ DECLARE
     v_ended    text[];
     v_now      timestamptz;
 BEGIN
-    IF pg_catalog.pg_current_xact_id()::text IS DISTINCT FROM p_xid THEN
-        RAISE EXCEPTION 'durable: checkpoint refused: the step ended its transaction' USING ERRCODE = 'DF014';
-    END IF;
     IF v_n IS NULL OR v_n = 0
        OR pg_catalog.cardinality(p_node_ids) IS DISTINCT FROM v_n OR pg_catalog.cardinality(p_secrets) IS DISTINCT FROM v_n
        OR pg_catalog.cardinality(p_results) IS DISTINCT FROM v_n OR pg_catalog.cardinality(p_details) IS DISTINCT FROM v_n
        OR pg_catalog.cardinality(p_versions) IS DISTINCT FROM v_n OR pg_catalog.cardinality(p_nexts) IS DISTINCT FROM v_n THEN
         RAISE EXCEPTION 'durable: checkpoint refused: the arguments do not line up' USING ERRCODE = 'DF014';
     END IF;
-    -- Nobody but the holder of every attempt gets to wait for (or hold) the instances' locks.
-    SELECT pg_catalog.count(*) INTO v_count
-      FROM ROWS FROM (pg_catalog.unnest(p_instance_ids), pg_catalog.unnest(p_node_ids),
-                      pg_catalog.unnest(p_secrets)) AS x(instance_id, node_id, secret)
-      JOIN df.attempts AS a ON a.instance_id = x.instance_id AND a.node_id = x.node_id
-     WHERE a.secret_hash = pg_catalog.sha256(pg_catalog.convert_to(x.secret, 'UTF8'))
-       AND a.backend_pid = pg_catalog.pg_backend_pid();
-    IF v_count IS DISTINCT FROM v_n THEN
-        RAISE EXCEPTION 'durable: checkpoint refused' USING ERRCODE = 'DF014';
-    END IF;
-    PERFORM 1 FROM df.instance_queue AS q WHERE q.instance_id = ANY (p_instance_ids)
-      ORDER BY q.instance_id FOR UPDATE;
-    PERFORM 1 FROM df.instances AS i WHERE i.id = ANY (p_instance_ids) ORDER BY i.id FOR UPDATE;
-    -- Deleting the attempts checks them: each must match its secret, this backend and a live lease
-    -- of a running instance of this session's role.
-    WITH c AS MATERIALIZED (
-        SELECT x.instance_id, x.node_id, pg_catalog.sha256(pg_catalog.convert_to(x.secret, 'UTF8')) AS hash
-          FROM ROWS FROM (pg_catalog.unnest(p_instance_ids), pg_catalog.unnest(p_node_ids),
-                          pg_catalog.unnest(p_secrets)) AS x(instance_id, node_id, secret)
-    ), q AS MATERIALIZED (  -- each table read once by its keys (see df._bind_v1)
-        SELECT q.instance_id, q.lease_token FROM df.instance_queue AS q
-         WHERE q.instance_id = ANY (p_instance_ids) AND q.lease_expires_at > pg_catalog.clock_timestamp()
-    ), i AS MATERIALIZED (
-        SELECT i.id FROM df.instances AS i
-         WHERE i.id = ANY (p_instance_ids) AND i.status IN ('pending', 'running')
-           -- Not an index condition (see df._bind_v1): the instances are found by id.
-           AND i.submitted_by IS NOT DISTINCT FROM pg_catalog.quote_ident(session_user)::regrole
-    )
-    DELETE FROM df.attempts AS a
-     USING c, q, i
-     WHERE a.instance_id = c.instance_id AND a.node_id = c.node_id
-       AND a.secret_hash = c.hash
-       AND a.backend_pid = pg_catalog.pg_backend_pid()
-       AND q.instance_id = c.instance_id AND q.lease_token = a.lease_token
-       AND i.id = c.instance_id;
-    GET DIAGNOSTICS v_count = ROW_COUNT;
-    IF v_count IS DISTINCT FROM v_n THEN
-        RAISE EXCEPTION 'durable: checkpoint refused' USING ERRCODE = 'DF014';
-    END IF;
+    PERFORM df._take_attempts_v1(p_xid, p_instance_ids, p_node_ids, p_secrets, true);
 
     -- The decisions that may be written: only the instance's end or the next steps' start, never a
     -- step's own node, one per instance named once; a step starts only if the submitter may still
@@ -4168,6 +4154,7 @@ BEGIN
 END
 $$;
 
+REVOKE EXECUTE ON FUNCTION df._take_attempts_v1(text, text[], text[], text[], boolean) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION df._snapshot(text[], jsonb), df._claim_v2(uuid, integer), df._load_v2(text[]),
     df._nudges_v2(text[]), df._advance_v2(uuid, jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION df._claim_v2(uuid, integer), df._load_v2(text[]), df._nudges_v2(text[]),
