@@ -128,8 +128,9 @@ class StepJob:
     version: int = 0  # the node's version once the attempt is registered
     bind_secret: str = field(default_factory=_token, repr=False)
     secret: str = field(default_factory=_token, repr=False)
-    # The default mode: from the step's result, the decision that follows it (what to write with the
-    # checkpoint and the steps it starts), or None to leave it to the scheduler.
+    # From the step's result, the decision that follows it (what to write with the checkpoint and the
+    # steps it starts), or None to leave it to the scheduler; set when the step is its instance's only
+    # one in flight, in either mode.
     then: Callable[[str], Then] | None = field(default=None, repr=False)
 
     def attempt(self) -> dict[str, str]:
