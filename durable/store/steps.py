@@ -336,21 +336,23 @@ class StepRunner:
         completed (with the decisions written, where they were), or all the same failure; the
         versions land in the jobs."""
         thens = thens or [None] * len(jobs)
+        folds = any(t is not None for t in thens)
         constraints: psycopg.Cursor[Any] | None = None
         checkpoint: psycopg.Cursor[Any] | None = None
-        params: dict[str, Any] = {"xid": xid}
-        if len(jobs) == 1 and thens[0] is not None:
-            name, sql = "checkpoint_next", query("checkpoint_next")
-            params.update(instance_id=jobs[0].instance_id, node_id=jobs[0].node_id, secret=jobs[0].secret,
-                          result=texts[0], details=Jsonb(jobs[0].details), version=Int8(jobs[0].version),
-                          next=Jsonb(thens[0][0]))
+        if folds and len(jobs) == 1:
+            (job,), (then,) = jobs, thens
+            assert then is not None
+            sql = query("checkpoint_next")
+            params: dict[str, Any] = {
+                "xid": xid, "instance_id": job.instance_id, "node_id": job.node_id, "secret": job.secret,
+                "result": texts[0], "details": Jsonb(job.details), "version": Int8(job.version),
+                "next": Jsonb(then[0])}
         else:
-            name, sql = (("checkpoint_v2", query("checkpoint_v2")) if all(t is None for t in thens)
-                         else ("checkpoint_next_batch", query("checkpoint_next_batch")))
-            params.update(instance_ids=[j.instance_id for j in jobs], node_ids=[j.node_id for j in jobs],
-                          secrets=[j.secret for j in jobs], results=texts, details=[Jsonb(j.details) for j in jobs],
-                          versions=[Int8(j.version) for j in jobs])
-            if name == "checkpoint_next_batch":
+            sql = query("checkpoint_next_batch") if folds else query("checkpoint_v2")
+            params = {"xid": xid, "instance_ids": [j.instance_id for j in jobs], "node_ids": [j.node_id for j in jobs],
+                      "secrets": [j.secret for j in jobs], "results": texts,
+                      "details": [Jsonb(j.details) for j in jobs], "versions": [Int8(j.version) for j in jobs]}
+            if folds:
                 params["nexts"] = [None if t is None else Jsonb(t[0]) for t in thens]
         try:
             with conn.pipeline():
@@ -363,12 +365,10 @@ class StepRunner:
             _rollback(conn)
             failure = _commit_failure(exc, constraints)
             return [failure] * len(jobs)
-        if name == "checkpoint_v2":
+        if not folds:
             versions, written = out, [None] * len(jobs)
-        elif name == "checkpoint_next":
-            versions, written = out["versions"], [out["next"]]
-        else:
-            versions, written = out["versions"], out["next"]
+        else:  # one step's decision comes back alone, a batch's as a list
+            versions, written = out["versions"], out["next"] if len(jobs) > 1 else [out["next"]]
         for job, version in zip(jobs, versions, strict=True):
             job.version = int(version)
         self.fault("after_commit")

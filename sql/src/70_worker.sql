@@ -992,7 +992,6 @@ AS $$
 DECLARE
     v_n        integer := pg_catalog.cardinality(p_instance_ids);
     v_count    integer;
-    v_refused  boolean;
     v_items    jsonb;      -- [{"id", "next"}]: the decisions to write
     v_matched  jsonb;      -- instance id -> how many of its decision's nodes are at the expected version
     v_own      bigint[];
@@ -1026,8 +1025,7 @@ BEGIN
     IF v_items IS NOT NULL AND EXISTS (
             SELECT 1 FROM pg_catalog.jsonb_array_elements(v_items) AS e
              WHERE pg_catalog.jsonb_array_length(COALESCE(e.value -> 'next' -> 'attempts', '[]')) > 0) THEN
-        v_refused := df._submitter_refusal(pg_catalog.quote_ident(session_user)::regrole) IS NOT NULL;
-        IF v_refused THEN
+        IF df._submitter_refusal(pg_catalog.quote_ident(session_user)::regrole) IS NOT NULL THEN
             SELECT pg_catalog.jsonb_agg(e.value) INTO v_items FROM pg_catalog.jsonb_array_elements(v_items) AS e
              WHERE pg_catalog.jsonb_array_length(COALESCE(e.value -> 'next' -> 'attempts', '[]')) = 0;
         END IF;
