@@ -5,9 +5,11 @@ database (durable installed, its tables, indexes, constraints and triggers),
 only the statements the contract requires on each path, written as plainly
 as SQL allows and driven with no engine at all: no graph check, no caller
 identity, no decision, no secret, no Python on the per-step paths (pgbench
-drives them, in C).  Every round also measures the commit ceiling exactly as
-`durable bench` does (pgbench -N, scale 10, 4 clients, 2 threads), so each
-floor comes out as a ratio to the same moment's ceiling.
+drives them, in C).  Every round measures the commit ceiling exactly as
+`durable bench` does (pgbench -N, scale 10, 4 clients, 2 threads) before and
+after its paths, so each floor comes out as a ratio to the same moments'
+ceiling; each path also reports the machine's busy cores and CPU per unit,
+and the df.nodes rows it updated per unit (which tells the row work ran).
 
 - start: the rows `df.start` writes for 'SELECT 1' ~> 'SELECT 1' (the
   instance, its THEN node and two SQL nodes, its queue row), one prepared
@@ -22,9 +24,11 @@ floor comes out as a ratio to the same moment's ceiling.
   attempt inserted), COMMIT], then the reset to a fresh session (pg_durable
   runs every step on a fresh connection).  It leaves out the claim, the
   first decision, the instance row, the composite node above the step and
-  the worker's own work.  Run with unnamed statements (`-M extended`: the
-  worker's step connections prepare nothing, the reset deallocates) and,
-  as a bound on what preparing could give, `-M prepared`; 4 and 16 clients.
+  the worker's own work, and checks nothing (no lease, no lock, no version
+  compare, no secret).  Run with unnamed statements (`-M extended`: the
+  worker's step connections prepare nothing, its reset deallocates) and,
+  as a bound on what preparing could give, `-M prepared` (the reset then
+  keeps them); 4 and 16 clients.
 - batch (batched mode): the same rows for 64 steps in one transaction, the
   bind and checkpoint statements set-based, each step with the reset between
   steps (`df._step_reset_v1`) and SET CONSTRAINTS; 4 clients.
@@ -36,7 +40,8 @@ floor comes out as a ratio to the same moment's ceiling.
 
     python e2e/floor.py --dsn SUPERUSER_DSN [--rounds 3] [--seconds 8] [--samples 200] [--json] [--quick]
 
-Needs pgbench on PATH.  Not part of CI: docs/performance.md quotes its output.
+Needs pgbench.  docs/performance.md quotes its output; CI runs it once on small tables
+(tests/integration/test_floor.py).
 """
 
 from __future__ import annotations
@@ -62,6 +67,9 @@ sys.path.insert(0, str(ROOT))
 from durable import bench  # noqa: E402
 
 RESULT = '{"rows":[{"?column?":1}],"row_count":1}'
+# The step and batch floors' instance k (1..pairs): instance (and its THEN node) INSTANCE_BASE + k, its SQL
+# nodes LEFT_BASE + k and RIGHT_BASE + k, each as 8 hex digits; a script computes them from k.
+INSTANCE_BASE, LEFT_BASE, RIGHT_BASE = 0xC000_0000, 0xD000_0000, 0xE000_0000
 LEASE = "00000000-0000-0000-0000-000000000001"
 BATCH = 64
 
@@ -100,22 +108,40 @@ PREPARE = ("SELECT pg_catalog.set_config('statement_timeout', '0', true), pg_cat
 GUARD = ("SELECT pg_catalog.set_config('role', 'none', true), pg_catalog.set_config('search_path', "
          "'pg_catalog, pg_temp', true), pg_catalog.set_config('statement_timeout', '0', true), "
          "pg_catalog.pg_current_xact_id();")
+# The worker's reset to a fresh session (durable/store/steps.py _RESET), less DEALLOCATE ALL, which
+# reset() adds unless the statements are prepared (it would drop pgbench's).
 RESET = ["CLOSE ALL;", "SET SESSION AUTHORIZATION DEFAULT;", "RESET ALL;", "UNLISTEN *;",
          "SELECT pg_catalog.pg_advisory_unlock_all();", "DISCARD TEMP;", "DISCARD SEQUENCES;"]
+
+
+def reset(prepared: bool) -> list[str]:
+    return RESET if prepared else [*RESET, "DEALLOCATE ALL;"]
+
+
+def _hex(base: int, k: str) -> str:
+    return f"lpad(to_hex({base} + {k}), 8, '0')"
 
 
 def _pipeline(statements: list[str]) -> list[str]:
     return ["\\startpipeline", *statements, "\\endpipeline"]
 
 
-def step_script(clients: int, pairs: int) -> str:
+def _share(pairs: int, clients: int, unit: int = 1) -> int:
+    """The instances each pgbench client works on (client c: k in c * share + 1 .. (c + 1) * share)."""
+    share = pairs // clients
+    if share < unit:
+        raise ValueError(f"{pairs} instances are too few for {clients} clients")
+    return share
+
+
+def step_script(clients: int, pairs: int, *, prepared: bool) -> str:
     """One step of a two-step instance per transaction.  The step's attempt is taken and one for the same
     node inserted again, so every transaction finds the rows it needs (the same row work as taking one
     node's attempt and inserting the next one's); each client has its own instances."""
-    pick = "WHERE instance_id = :i AND node_id = :a"
-    share = pairs // clients
-    lines = [f"\\set k :client_id * {share} + random(1, {share})",
-             "SELECT instance_id AS i, a, b FROM public.floor_pairs WHERE k = :k \\gset"]
+    i, a, b = _hex(INSTANCE_BASE, ":k"), _hex(LEFT_BASE, ":k"), _hex(RIGHT_BASE, ":k")
+    pick = f"WHERE instance_id = {i} AND node_id = {a}"
+    share = _share(pairs, clients)
+    lines = [f"\\set k :client_id * {share} + random(1, {share})"]
     lines += _pipeline([
         "BEGIN;", PREPARE,
         f"UPDATE df.attempts SET backend_pid = pg_catalog.pg_backend_pid(), bind_hash = NULL {pick};",
@@ -124,13 +150,13 @@ def step_script(clients: int, pairs: int) -> str:
         "SET CONSTRAINTS ALL IMMEDIATE;", GUARD,
         f"DELETE FROM df.attempts {pick} AND backend_pid = pg_catalog.pg_backend_pid();",
         f"UPDATE df.nodes SET status = 'completed', result_text = '{RESULT}', result = '{RESULT}'::jsonb, "
-        "resource_version = resource_version + 1, updated_at = now() WHERE instance_id = :i AND id = :a;",
+        f"resource_version = resource_version + 1, updated_at = now() WHERE instance_id = {i} AND id = {a};",
         "UPDATE df.nodes SET status = 'running', resource_version = resource_version + 1, updated_at = now() "
-        "WHERE instance_id = :i AND id = :b;",
+        f"WHERE instance_id = {i} AND id = {b};",
         "INSERT INTO df.attempts (instance_id, node_id, lease_token, secret_hash, bind_hash) "
-        f"VALUES (:i, :a, '{LEASE}', '\\x00', '\\x00');",
+        f"VALUES ({i}, {a}, '{LEASE}', '\\x00', '\\x00');",
         "COMMIT;"])
-    lines += _pipeline(RESET)
+    lines += _pipeline(reset(prepared))
     return "\n".join(lines) + "\n"
 
 
@@ -140,7 +166,7 @@ def batch_script(clients: int, pairs: int) -> str:
     attempts = ("FROM public.floor_pairs AS m WHERE m.k BETWEEN :lo AND :hi AND t.instance_id = m.instance_id "
                 "AND t.node_id = m.a")
     nodes = "FROM public.floor_pairs AS m WHERE m.k BETWEEN :lo AND :hi AND n.instance_id = m.instance_id"
-    share = pairs // clients
+    share = _share(pairs, clients, BATCH)
     lines = [f"\\set lo :client_id * {share} + random(0, {share // BATCH - 1}) * {BATCH} + 1",
              f"\\set hi :lo + {BATCH - 1}"]
     steps: list[str] = []
@@ -162,7 +188,7 @@ def batch_script(clients: int, pairs: int) -> str:
         f"SELECT m.instance_id, m.a, '{LEASE}', '\\x00', '\\x00' FROM public.floor_pairs AS m "
         "WHERE m.k BETWEEN :lo AND :hi;",
         "COMMIT;"])
-    lines += _pipeline(RESET)
+    lines += _pipeline(reset(prepared=False))
     return "\n".join(lines) + "\n"
 
 
@@ -174,45 +200,86 @@ def _pgbench() -> str:
     return found
 
 
+@dataclass(frozen=True)
+class Run:
+    tps: float
+    transactions: int
+    busy_cores: float | None        # the whole machine's, pgbench included
+    node_updates: int               # df.nodes rows updated during the run
+
+
 class Pgbench:
     def __init__(self, s: bench.Scratch, seconds: int) -> None:
-        found = _pgbench()
-        self.exe, self.seconds = found, seconds
+        self.exe, self.seconds, self.dir = _pgbench(), seconds, s.workdir
         self.target, self.env = bench._pgbench_target(s)
-        self.dir = s.workdir
+        self.admin_dsn = s.admin_dsn
 
-    def tps(self, *args: str, script: str | None = None) -> float:
+    def _node_updates(self) -> int:
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            row = conn.execute("SELECT n_tup_upd FROM pg_catalog.pg_stat_user_tables "
+                               "WHERE relid = 'df.nodes'::regclass").fetchone()
+        return int(row[0]) if row else 0
+
+    def run(self, *args: str, script: str | None = None, expect_node_updates: int = 0) -> Run:
+        """One pgbench run.  The node updates it made are counted once its backends have reported them
+        (expect_node_updates per transaction: wait until at least that many arrived, for a while)."""
         extra = list(args)
         if script is not None:
             path = self.dir / f"floor-{uuid.uuid4().hex}.sql"
             path.write_text(script)
             extra += ["-n", "-f", str(path)]
-        run = subprocess.run([self.exe, "-j2", "-T", str(self.seconds), *extra, self.target], env=self.env,
-                             capture_output=True, text=True)
-        found = re.search(r"tps = ([\d.]+)", run.stdout)
-        if run.returncode != 0 or not found:
-            raise RuntimeError(f"pgbench failed:\n{run.stdout}\n{run.stderr}")
-        return float(found.group(1))
+        updates, busy = self._node_updates(), bench._machine_busy_seconds()
+        began = time.monotonic()
+        done = subprocess.run([self.exe, "-j2", "-T", str(self.seconds), *extra, self.target], env=self.env,
+                              capture_output=True, text=True, timeout=self.seconds + 600)
+        wall = time.monotonic() - began
+        busy_after = bench._machine_busy_seconds()
+        tps = re.search(r"tps = ([\d.]+)", done.stdout)
+        count = re.search(r"number of transactions actually processed: (\d+)", done.stdout)
+        if done.returncode != 0 or not tps or not count:
+            raise RuntimeError(f"pgbench failed:\n{done.stdout}\n{done.stderr}")
+        transactions = int(count.group(1))
+        deadline = time.monotonic() + 5
+        while (moved := self._node_updates() - updates) < expect_node_updates * transactions \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
+        cores = None if busy is None or busy_after is None else (busy_after - busy) / wall
+        return Run(float(tps.group(1)), transactions, cores, moved)
 
 
 def _prepare(s: bench.Scratch, sizes: Sizes) -> None:
-    """pgbench's tables, the finished instances, and the two-step instances with their first attempt."""
+    """pgbench's tables; the finished instances; the two-step instances of the step and batch floors
+    (ids from k, each running its first step, with its attempt)."""
     pg = Pgbench(s, 0)
     subprocess.run([pg.exe, "-i", "-q", "-s", str(sizes.scale), pg.target], env=pg.env, check=True,
-                   capture_output=True)
+                   capture_output=True, timeout=600)
     bench._seed_finished(s, sizes.history, lambda m: None, "floor")
-    bench._start_up_front(s, bench._envelope(s, 2), sizes.pairs, lambda m: None, "floor")
+    k = "g.k"
     with psycopg.connect(s.admin_dsn, autocommit=True) as conn:
-        conn.execute("""
+        conn.execute(f"""
             CREATE TABLE public.floor_pairs AS
-            SELECT row_number() OVER (ORDER BY t.instance_id) AS k, t.instance_id, l.id AS a, r.id AS b
-              FROM df.nodes AS t
-              JOIN df.nodes AS l ON l.instance_id = t.instance_id AND l.id = t.left_node
-              JOIN df.nodes AS r ON r.instance_id = t.instance_id AND r.id = t.right_node
-             WHERE t.node_type = 'THEN' AND t.parent_id IS NULL""")
+            SELECT g.k, {_hex(INSTANCE_BASE, k)} AS instance_id, {_hex(LEFT_BASE, k)} AS a,
+                   {_hex(RIGHT_BASE, k)} AS b
+              FROM pg_catalog.generate_series(1, %(pairs)s::bigint) AS g(k)""", {"pairs": sizes.pairs})
         conn.execute("ALTER TABLE public.floor_pairs ADD PRIMARY KEY (k)")
-        conn.execute("INSERT INTO df.attempts (instance_id, node_id, lease_token, secret_hash) "
-                     "SELECT instance_id, a, %s, '\\x00' FROM public.floor_pairs", (LEASE,))
+        with conn.transaction():
+            conn.execute("""
+                INSERT INTO df.instances (id, root_node, status, submitted_by, resource_version)
+                SELECT p.instance_id, p.instance_id, 'running', %(role)s::regrole, 1 FROM public.floor_pairs AS p""",
+                         {"role": s.user_role})
+            conn.execute("""
+                INSERT INTO df.nodes (id, instance_id, node_type, query, status, left_node, right_node, submitted_by,
+                                      parent_id, slot, resource_version)
+                SELECT x.id, p.instance_id, x.node_type, x.query, x.status, x.left_node, x.right_node,
+                       %(role)s::regrole, x.parent_id, x.slot, 1
+                  FROM public.floor_pairs AS p,
+                       LATERAL (VALUES (p.instance_id, 'THEN', NULL, 'running', p.a, p.b, NULL, NULL),
+                                       (p.a, 'SQL', 'SELECT 1', 'running', NULL, NULL, p.instance_id, 'left'),
+                                       (p.b, 'SQL', 'SELECT 1', 'pending', NULL, NULL, p.instance_id, 'right'))
+                       AS x(id, node_type, query, status, left_node, right_node, parent_id, slot)""",
+                         {"role": s.user_role})
+            conn.execute("INSERT INTO df.attempts (instance_id, node_id, lease_token, secret_hash) "
+                         "SELECT instance_id, a, %s, '\\x00' FROM public.floor_pairs", (LEASE,))
         conn.execute("VACUUM ANALYZE")
 
 
@@ -223,7 +290,7 @@ def _serve(dsn: str, stop: Any) -> None:
     the claim, then the decision's writes with COMMIT), then the step and its checkpoint."""
     listener = psycopg.connect(dsn, autocommit=True)
     engine = psycopg.connect(dsn)
-    step = psycopg.connect(dsn)
+    step = psycopg.connect(dsn, prepare_threshold=None)  # as the worker's: its reset deallocates
     listener.execute("LISTEN floor_work")
     token = str(uuid.uuid4())
     while not stop.is_set():
@@ -270,7 +337,7 @@ def _serve(dsn: str, stop: Any) -> None:
                 step.execute("SELECT pg_catalog.pg_notify('floor_done', '')")
                 step.commit()
             step.autocommit = True  # the reset to a fresh session, after the commit as the worker does
-            step.execute(" ".join(RESET))
+            step.execute(" ".join(reset(prepared=False)))
             step.autocommit = False
     for conn in (listener, engine, step):
         conn.close()
@@ -320,22 +387,41 @@ def latency(s: bench.Scratch, samples: int) -> dict[str, float]:
             "p99": round(bench.percentile(timings, 99), 2)}
 
 
+def _path(r: dict[str, Any], name: str, run: Run, steps_per_transaction: int, ceiling: float) -> None:
+    rate = run.tps * steps_per_transaction
+    r[name] = {"per_s": round(rate), "ratio": round(rate / ceiling, 3),
+               "busy_cores": None if run.busy_cores is None else round(run.busy_cores, 2),
+               "machine_cpu_ms": None if run.busy_cores is None else round(run.busy_cores * 1000 / rate, 3),
+               "node_updates_per_unit": round(run.node_updates / (run.transactions * steps_per_transaction), 3)}
+
+
 def run(dsn: str | None, rounds: int, seconds: int, samples: int, sizes: Sizes = FULL) -> list[dict[str, Any]]:
+    """Each round: the ceiling, every path (the step's two statement modes in alternating order), the
+    latency, the ceiling again; ratios are to the mean of the two ceilings."""
     out = []
     with bench.scratch(dsn, lambda m: print(m, file=sys.stderr)) as s:
         _prepare(s, sizes)
         pg = Pgbench(s, seconds)
         start = START.replace("{role}", s.user_role)
         for n in range(rounds):
-            ceiling = pg.tps("-N", "-c4")
-            r: dict[str, Any] = {"round": n + 1, "commit_ceiling_tps": round(ceiling)}
-            r["starts_per_s"] = round(pg.tps("-c4", "-M", "prepared", script=start))
-            for mode in ("extended", "prepared"):
+            before = pg.run("-N", "-c4").tps
+            runs: list[tuple[str, Run, int]] = [("start", pg.run("-c4", "-M", "prepared", script=start), 1)]
+            modes = ("extended", "prepared") if n % 2 == 0 else ("prepared", "extended")
+            for mode in modes:
                 for clients in (4, 16):
-                    r[f"steps_per_s_{mode}_c{clients}"] = round(pg.tps(f"-c{clients}", "-M", mode, script=step_script(clients, sizes.pairs)))
-            r["steps_per_s_batched"] = round(pg.tps("-c4", "-M", "extended", script=batch_script(4, sizes.pairs)) * BATCH)
-            r["latency_ms"] = latency(s, samples)
-            r["ratios"] = {k: round(v / ceiling, 3) for k, v in r.items() if k.endswith("_per_s") or "_per_s_" in k}
+                    script = step_script(clients, sizes.pairs, prepared=mode == "prepared")
+                    runs.append((f"step_{mode}_c{clients}",
+                                 pg.run(f"-c{clients}", "-M", mode, script=script, expect_node_updates=2), 1))
+            runs.append(("batched", pg.run("-c4", "-M", "extended", script=batch_script(4, sizes.pairs),
+                                           expect_node_updates=2 * BATCH), BATCH))
+            lat = latency(s, samples)
+            after = pg.run("-N", "-c4").tps
+            ceiling = (before + after) / 2
+            r: dict[str, Any] = {"round": n + 1, "commit_ceiling_tps": round(ceiling),
+                                 "ceiling_before_after": [round(before), round(after)]}
+            for name, done, per_transaction in runs:
+                _path(r, name, done, per_transaction, ceiling)
+            r["latency_ms"] = lat
             print(json.dumps(r), file=sys.stderr)
             out.append(r)
     return out
@@ -355,10 +441,12 @@ def main() -> None:
         print(json.dumps(result, indent=2))
         return
     for r in result:
-        ratios = r["ratios"]
-        print(f"round {r['round']}: ceiling {r['commit_ceiling_tps']} tps")
-        for key, ratio in ratios.items():
-            print(f"  {key:32s} {r[key]:>8} /s  {ratio:.2f}x")
+        print(f"round {r['round']}: ceiling {r['commit_ceiling_tps']} tps (before / after: "
+              f"{' / '.join(str(x) for x in r['ceiling_before_after'])})")
+        for key, v in r.items():
+            if isinstance(v, dict) and "per_s" in v:
+                print(f"  {key:20s} {v['per_s']:>8} /s  {v['ratio']:.2f}x  {v['busy_cores']} cores busy, "
+                      f"{v['machine_cpu_ms']} ms of machine CPU each")
         lat = r["latency_ms"]
         print(f"  latency p50 / p95 / p99          {lat['p50']} / {lat['p95']} / {lat['p99']} ms")
 
