@@ -1086,6 +1086,9 @@ def _run(plan: Plan, dsn: str | None, quick: bool, progress: Progress) -> dict[s
         starts = bench_start_rate(s, plan, progress)
         progress(f"[6/6] scale: {plan.scale_instances:,} finished instances")
         scale = bench_scale(s, plan, progress)
+        # Shared machines change speed, also within a run: the ceiling again, shorter, says by how much.
+        progress(f"[1/6] commit ceiling again, at the end ({plan.min_ceiling_seconds}s)")
+        ceiling_end = bench_commit_ceiling(s, plan, plan.min_ceiling_seconds, progress)
         result["machine"]["load_avg_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") \
             else None
     result["scratch"] = s.removed
@@ -1098,6 +1101,8 @@ def _run(plan: Plan, dsn: str | None, quick: bool, progress: Progress) -> dict[s
     result.update({
         "commit_ceiling_tps": tps,
         "commit_ceiling": ceiling,
+        "commit_ceiling_end": ceiling_end,
+        "commit_ceiling_drift": _drift(tps, ceiling_end["tps"]),
         "steps_per_s": best["steps_per_s"],
         "steps_per_s_workers": best["workers"],
         "steps_per_s_ratio": _ratio(best["steps_per_s"], tps),
@@ -1126,6 +1131,15 @@ def _run(plan: Plan, dsn: str | None, quick: bool, progress: Progress) -> dict[s
                           and starts["verified"]["ok"])
     result["targets"] = _targets(result)
     return result
+
+
+def _drift(first: float | None, end: float | None) -> float | None:
+    """How much the ceiling measured at the end differs from the one the ratios use (+0.10: 10 % higher)."""
+    return None if not first or end is None else round(end / first - 1, 3)
+
+
+# Beyond this change of the ceiling between the start and the end of a run, its ratios are hard to compare.
+DRIFT_WARNING = 0.15
 
 
 def _target(value: float | None, limit: float, *, at_most: bool, strict: bool = False) -> dict[str, Any]:
@@ -1243,6 +1257,12 @@ def format_table(result: dict[str, Any]) -> str:
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
     lines.append("")
+    drift = result.get("commit_ceiling_drift")
+    if drift is not None:
+        lines.append(f"commit ceiling at the end of the run: {_num(result['commit_ceiling_end']['tps'], 'tps')} "
+                     f"({drift:+.0%} against the one above)"
+                     + (": the machine's speed changed during the run, so compare its ratios with care"
+                        if abs(drift) > DRIFT_WARNING else ""))
     lines.append(f"every counted instance verified: {'yes' if result['verified'] else 'NO'} "
                  f"(batched mode: --batch {result['throughput_batched']['batch']})")
     cpu = [(f"{r['workers']}w{'b' if r['batch'] > 1 else ''}", r["cpu"])

@@ -90,3 +90,13 @@ def test_quick_bench_runs_every_scenario_verifies_and_cleans_up(dsn: str, db: ps
 
     table = format_table(result)
     assert "commit ceiling" in table and "throughput, 4 worker(s)" in table and "latency p50" in table
+
+    # The ceiling again at the end, and how far it moved; a large move is pointed out in the table.
+    end = result["commit_ceiling_end"]
+    assert end["tps"] > 0 and end["tool"] == result["commit_ceiling"]["tool"]
+    assert result["commit_ceiling_drift"] == pytest.approx(end["tps"] / result["commit_ceiling_tps"] - 1, abs=1e-3)
+    assert "commit ceiling at the end of the run" in table
+    steady = format_table({**result, "commit_ceiling_drift": 0.05})
+    moved = format_table({**result, "commit_ceiling_drift": -0.3})
+    assert "-30%" in moved and "compare its ratios with care" in moved
+    assert "+5%" in steady and "compare its ratios with care" not in steady
