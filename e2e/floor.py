@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import re
 import shutil
 import subprocess
 import sys
@@ -65,6 +64,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from durable import bench  # noqa: E402
+from durable.store.queries import query  # noqa: E402
+from durable.store.steps import _RESET  # noqa: E402
 
 RESULT = '{"rows":[{"?column?":1}],"row_count":1}'
 # The step and batch floors' instance k (1..pairs): instance (and its THEN node) INSTANCE_BASE + k, its SQL
@@ -72,6 +73,7 @@ RESULT = '{"rows":[{"?column?":1}],"row_count":1}'
 INSTANCE_BASE, LEFT_BASE, RIGHT_BASE = 0xC000_0000, 0xD000_0000, 0xE000_0000
 LEASE = "00000000-0000-0000-0000-000000000001"
 BATCH = 64
+
 
 @dataclass(frozen=True)
 class Sizes:
@@ -105,17 +107,14 @@ SELECT 1;
 
 PREPARE = ("SELECT pg_catalog.set_config('statement_timeout', '0', true), pg_catalog.pg_current_xact_id(), "
            "pg_catalog.set_config('standard_conforming_strings', 'on', true);")
-GUARD = ("SELECT pg_catalog.set_config('role', 'none', true), pg_catalog.set_config('search_path', "
-         "'pg_catalog, pg_temp', true), pg_catalog.set_config('statement_timeout', '0', true), "
-         "pg_catalog.pg_current_xact_id();")
-# The worker's reset to a fresh session (durable/store/steps.py _RESET), less DEALLOCATE ALL, which
-# reset() adds unless the statements are prepared (it would drop pgbench's).
-RESET = ["CLOSE ALL;", "SET SESSION AUTHORIZATION DEFAULT;", "RESET ALL;", "UNLISTEN *;",
-         "SELECT pg_catalog.pg_advisory_unlock_all();", "DISCARD TEMP;", "DISCARD SEQUENCES;"]
+# The worker's own statements, each as one pgbench command.
+CONSTRAINTS, GUARD = query("step_constraints") + ";", query("step_guard") + ";"
+RESET = [f"{statement};" for statement in _RESET.split("; ")]  # the reset to a fresh session
 
 
 def reset(prepared: bool) -> list[str]:
-    return RESET if prepared else [*RESET, "DEALLOCATE ALL;"]
+    """The worker's reset; with prepared statements less DEALLOCATE ALL, which would drop pgbench's."""
+    return [r for r in RESET if r != "DEALLOCATE ALL;"] if prepared else RESET
 
 
 def _hex(base: int, k: str) -> str:
@@ -147,7 +146,7 @@ def step_script(clients: int, pairs: int, *, prepared: bool) -> str:
         f"UPDATE df.attempts SET backend_pid = pg_catalog.pg_backend_pid(), bind_hash = NULL {pick};",
         "SELECT 1;"])
     lines += _pipeline([
-        "SET CONSTRAINTS ALL IMMEDIATE;", GUARD,
+        CONSTRAINTS, GUARD,
         f"DELETE FROM df.attempts {pick} AND backend_pid = pg_catalog.pg_backend_pid();",
         f"UPDATE df.nodes SET status = 'completed', result_text = '{RESULT}', result = '{RESULT}'::jsonb, "
         f"resource_version = resource_version + 1, updated_at = now() WHERE instance_id = {i} AND id = {a};",
@@ -171,7 +170,7 @@ def batch_script(clients: int, pairs: int) -> str:
              f"\\set hi :lo + {BATCH - 1}"]
     steps: list[str] = []
     for i in range(BATCH):
-        steps += (["SELECT df._step_reset_v1('0');"] if i else []) + ["SELECT 1;", "SET CONSTRAINTS ALL IMMEDIATE;"]
+        steps += (["SELECT df._step_reset_v1('0');"] if i else []) + ["SELECT 1;", CONSTRAINTS]
     lines += _pipeline([
         "BEGIN;", PREPARE,
         f"UPDATE df.attempts AS t SET backend_pid = pg_catalog.pg_backend_pid(), bind_hash = NULL {attempts};",
@@ -234,8 +233,7 @@ class Pgbench:
                               capture_output=True, text=True, timeout=self.seconds + 600)
         wall = time.monotonic() - began
         busy_after = bench._machine_busy_seconds()
-        tps = re.search(r"tps = ([\d.]+)", done.stdout)
-        count = re.search(r"number of transactions actually processed: (\d+)", done.stdout)
+        tps, count = bench._TPS.search(done.stdout), bench._TX.search(done.stdout)
         if done.returncode != 0 or not tps or not count:
             raise RuntimeError(f"pgbench failed:\n{done.stdout}\n{done.stderr}")
         transactions = int(count.group(1))
