@@ -64,6 +64,51 @@ def test_bad_input_gets_a_clear_error_and_writes_nothing(db, make_role, connect_
     assert counts(db) == before
 
 
+_OK = '{"node_type":"SQL","query":"x"}'
+
+
+# SQL leaves and THEN nodes that are valid skip the full per-node check; these look like them but are not.
+@pytest.mark.parametrize("child, message", [
+    ('{"node_type":"SQL"}', "SQL node requires a query"),
+    ('{"node_type":"SQL","query":null}', "SQL node requires a query"),
+    ('{"node_type":"SQL","query":5}', "Malformed Durofut JSON: invalid type: integer `5`, expected a string"),
+    ('{"node_type":"SQL","query":"x","left_node":' + _OK + '}', "SQL node must not have left_node or right_node"),
+    ('{"node_type":"SQL","query":"x","condition_node":' + _OK + '}',
+     "condition_node is only allowed on IF and LOOP nodes"),
+    ('{"node_type":"SQL","query":"x","extra_nodes":[' + _OK + ']}', "extra_nodes is only allowed on JOIN nodes"),
+    ('{"node_type":"SQL","query":"x","result_name":"1st"}',
+     "result name '1st' is not a valid identifier — must match [a-zA-Z_][a-zA-Z0-9_]*"),
+    ('{"node_type":"SQL","query":"x","result_name":""}', "result name cannot be empty"),
+    ('{"node_type":"THEN","left_node":' + _OK + '}', "THEN node requires left_node and right_node"),
+    ('{"node_type":"THEN","left_node":' + _OK + ',"right_node":null}', "THEN node requires left_node and right_node"),
+    ('{"node_type":"THEN","left_node":' + _OK + ',"right_node":' + _OK + ',"condition_node":' + _OK + '}',
+     "condition_node is only allowed on IF and LOOP nodes"),
+])
+def test_nodes_shaped_like_the_common_ones_are_still_checked(db, make_role, connect_as, child, message):
+    alice = connect_as(make_role())
+    graph = '{"node_type":"THEN","left_node":' + child + ',"right_node":' + _OK + '}'
+    with pytest.raises(psycopg.Error) as info:
+        alice.execute("SELECT df.start(%s)", (graph,))
+    assert info.value.sqlstate == "DF002"
+    assert info.value.diag.message_primary == f"Invalid durable function graph: root.left: {message}"
+    assert counts(db) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("child, query, result_name", [
+    ('{"node_type":"SQL","query":"x","result_name":"r1"}', "x", "r1"),
+    ('{"node_type":"SQL","query":"x","extra_nodes":[]}', "x", None),
+    ('{"node_type":"SQL","query":"x","right_node":null}', "x", None),
+    ('{"node_type":"THEN","left_node":' + _OK + ',"right_node":' + _OK + ',"query":"ignored"}', None, None),
+])
+def test_valid_nodes_outside_the_common_shapes_still_start(db, make_role, connect_as, child, query, result_name):
+    alice = connect_as(make_role())
+    graph = '{"node_type":"THEN","left_node":' + child + ',"right_node":' + _OK + '}'
+    iid = alice.execute("SELECT df.start(%s)", (graph,)).fetchone()[0]
+    row = db.execute("SELECT query, result_name FROM df.nodes WHERE instance_id = %s AND slot = 'left'",
+                     (iid,)).fetchone()
+    assert row == (query, result_name)
+
+
 def test_transaction_mode_new_is_not_supported_yet(make_role, connect_as):
     alice = connect_as(make_role())
     with pytest.raises(psycopg.Error) as info:
