@@ -1009,7 +1009,7 @@ BEGIN
         -- time it runs in each transaction, a start is mostly a transaction of
         -- its own, and building that CASE cost more than walking a small graph
         -- (0.3.0).  Anything else, or anything NULL here, takes the full check.
-        v_err := NULL;
+        -- v_err is NULL here: a node it was set for raised below.
         IF (v_depth <= 256 AND v_xj IS NULL AND NOT v_has_c AND v_rn IS NULL
                 AND CASE v_nt WHEN 'SQL' THEN NOT (v_has_l OR v_has_r)
                                              AND pg_catalog.jsonb_typeof(v -> 'query') = 'string'
